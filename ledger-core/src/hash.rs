@@ -6,11 +6,16 @@
 //! stream and version.
 //!
 //! `content = sha256("ledger-event-v1" ‖ for each field: u64be(len) ‖ bytes)`
-//! `hash    = sha256(prev_hash ‖ content)`, with `prev_hash` of version 1 all zero.
+//! over stream id, event id, type, schema version, payload, metadata and
+//! recorded-at (microseconds), and
+//! `hash = sha256(prev_hash ‖ u64be(stream_version) ‖ content)`, with the
+//! `prev_hash` of version 1 all zero.
 //!
-//! Splitting the content digest from the chain step lets a SQL backend extend
-//! the chain server-side (`sha256(prev ‖ content)`, one round trip) while the
-//! canonical field encoding lives only here.
+//! Splitting the content digest (computable before the version is known)
+//! from the chain step lets a SQL backend extend the chain server-side in the
+//! same statement that assigns the version — `sha256(prev ‖ int8send(v) ‖
+//! content)`, one round trip — while the canonical field encoding lives only
+//! here.
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -29,7 +34,6 @@ const DOMAIN_TAG: &[u8] = b"ledger-event-v1";
 #[derive(Debug, Clone, Copy)]
 pub struct ContentFields<'a> {
     pub stream_id: &'a StreamId,
-    pub stream_version: u64,
     pub event_id: EventId,
     pub event_type: &'a str,
     pub schema_version: u32,
@@ -48,7 +52,6 @@ pub fn content_digest(f: &ContentFields<'_>) -> Hash {
     let mut h = Sha256::new();
     field(&mut h, DOMAIN_TAG);
     field(&mut h, f.stream_id.as_str().as_bytes());
-    field(&mut h, &f.stream_version.to_be_bytes());
     field(&mut h, f.event_id.0.as_bytes());
     field(&mut h, f.event_type.as_bytes());
     field(&mut h, &f.schema_version.to_be_bytes());
@@ -58,22 +61,22 @@ pub fn content_digest(f: &ContentFields<'_>) -> Hash {
     h.finalize().into()
 }
 
-pub fn chain(prev: &Hash, content: &Hash) -> Hash {
+pub fn chain(prev: &Hash, stream_version: u64, content: &Hash) -> Hash {
     let mut h = Sha256::new();
     h.update(prev);
+    h.update(stream_version.to_be_bytes());
     h.update(content);
     h.finalize().into()
 }
 
 /// Recomputes the hash of a stored event from its stored fields.
 pub fn recompute(e: &RecordedEvent) -> Hash {
-    chain(&e.prev_hash, &content_digest(&fields_of(e)))
+    chain(&e.prev_hash, e.stream_version, &content_digest(&fields_of(e)))
 }
 
 pub fn fields_of(e: &RecordedEvent) -> ContentFields<'_> {
     ContentFields {
         stream_id: &e.stream_id,
-        stream_version: e.stream_version,
         event_id: e.event_id,
         event_type: &e.event_type,
         schema_version: e.schema_version,
