@@ -33,6 +33,8 @@ pub enum CodecError {
     },
     #[error("malformed payload for {event_type}: {reason}")]
     MalformedPayload { event_type: String, reason: String },
+    #[error("stream {0:?} is of no known kind (order-, refund-, transfer-)")]
+    UnknownStreamKind(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +68,11 @@ pub fn encode<E: EventSet>(event: &E) -> Encoded {
     }
 }
 
-pub fn decode<E: EventSet>(event_type: &str, schema_version: u32, payload: &str) -> Result<E, CodecError> {
+pub fn decode<E: EventSet>(
+    event_type: &str,
+    schema_version: u32,
+    payload: &str,
+) -> Result<E, CodecError> {
     if !E::EVENT_TYPES.contains(&event_type) {
         return Err(CodecError::UnknownEventType(event_type.to_owned()));
     }

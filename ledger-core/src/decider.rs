@@ -28,14 +28,19 @@ pub trait Decider {
 
     /// Which events a command produces. A command the state already reflects
     /// (a duplicate) yields `Ok(vec![])`.
-    fn decide(state: &Self::State, command: &Self::Command) -> Result<Vec<Self::Event>, Self::Rejection>;
+    fn decide(
+        state: &Self::State,
+        command: &Self::Command,
+    ) -> Result<Vec<Self::Event>, Self::Rejection>;
 
     /// Applies one event. Total over every event `decide` can produce from
     /// the state it is applied to; anything else is [`InvalidHistory`].
     fn evolve(state: Self::State, event: &Self::Event) -> Result<Self::State, InvalidHistory>;
 
     /// Folds a history from the empty state.
-    fn fold<'a>(events: impl IntoIterator<Item = &'a Self::Event>) -> Result<Self::State, InvalidHistory>
+    fn fold<'a>(
+        events: impl IntoIterator<Item = &'a Self::Event>,
+    ) -> Result<Self::State, InvalidHistory>
     where
         Self::Event: 'a,
     {

@@ -34,14 +34,19 @@ pub enum ExpectedVersion {
 /// A position in the global feed. `read_all(after)` returns only events
 /// strictly after it. `commit` orders transactions (the `xid8` on Postgres,
 /// 0 where a single writer makes position order equal commit order).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Checkpoint {
     pub commit: u64,
     pub position: u64,
 }
 
 impl Checkpoint {
-    pub const START: Checkpoint = Checkpoint { commit: 0, position: 0 };
+    pub const START: Checkpoint = Checkpoint {
+        commit: 0,
+        position: 0,
+    };
 }
 
 /// Who caused an event to be written.

@@ -71,7 +71,11 @@ pub fn chain(prev: &Hash, stream_version: u64, content: &Hash) -> Hash {
 
 /// Recomputes the hash of a stored event from its stored fields.
 pub fn recompute(e: &RecordedEvent) -> Hash {
-    chain(&e.prev_hash, e.stream_version, &content_digest(&fields_of(e)))
+    chain(
+        &e.prev_hash,
+        e.stream_version,
+        &content_digest(&fields_of(e)),
+    )
 }
 
 pub fn fields_of(e: &RecordedEvent) -> ContentFields<'_> {
@@ -92,7 +96,9 @@ pub enum ChainError {
     ContentMismatch { stream: String, version: u64 },
     #[error("stream {stream} version {version}: prev_hash does not link to version {}", version.saturating_sub(1))]
     BrokenLink { stream: String, version: u64 },
-    #[error("stream {stream}: expected version {expected}, found {found} (event missing or reordered)")]
+    #[error(
+        "stream {stream}: expected version {expected}, found {found} (event missing or reordered)"
+    )]
     VersionGap {
         stream: String,
         expected: u64,
@@ -147,4 +153,92 @@ impl ChainVerifier {
 pub fn verify_stream(stream: &StreamId, events: &[RecordedEvent]) -> Result<(), ChainError> {
     let mut v = ChainVerifier::new(stream);
     events.iter().try_for_each(|e| v.push(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn chain_of(stream: &StreamId, payloads: &[&str]) -> Vec<RecordedEvent> {
+        let mut prev = GENESIS;
+        let mut out = Vec::new();
+        for (i, payload) in payloads.iter().enumerate() {
+            let version = i as u64 + 1;
+            let mut e = RecordedEvent {
+                global_position: version,
+                commit: 0,
+                stream_id: stream.clone(),
+                stream_version: version,
+                event_id: EventId(Uuid::from_u128(version as u128)),
+                event_type: "OrderPlaced".into(),
+                schema_version: 1,
+                payload: (*payload).to_owned(),
+                metadata: "{}".into(),
+                recorded_at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+                prev_hash: prev,
+                hash: GENESIS,
+            };
+            e.hash = recompute(&e);
+            prev = e.hash;
+            out.push(e);
+        }
+        out
+    }
+
+    #[test]
+    fn intact_chain_verifies() {
+        let s = StreamId::new("order-1").unwrap();
+        let events = chain_of(&s, &[r#"{"a":1}"#, r#"{"b":2}"#, r#"{"c":3}"#]);
+        assert_eq!(verify_stream(&s, &events), Ok(()));
+    }
+
+    #[test]
+    fn flipped_payload_byte_is_a_content_mismatch_naming_stream_and_version() {
+        let s = StreamId::new("order-1").unwrap();
+        let mut events = chain_of(&s, &[r#"{"a":1}"#, r#"{"b":2}"#, r#"{"c":3}"#]);
+        events[1].payload = r#"{"b":3}"#.into();
+        let err = verify_stream(&s, &events).unwrap_err();
+        assert_eq!(
+            err,
+            ChainError::ContentMismatch {
+                stream: "order-1".into(),
+                version: 2
+            }
+        );
+        assert!(err.to_string().contains("order-1") && err.to_string().contains("version 2"));
+    }
+
+    #[test]
+    fn removed_middle_event_is_a_version_gap() {
+        let s = StreamId::new("order-1").unwrap();
+        let mut events = chain_of(&s, &[r#"{"a":1}"#, r#"{"b":2}"#, r#"{"c":3}"#]);
+        events.remove(1);
+        assert_eq!(
+            verify_stream(&s, &events),
+            Err(ChainError::VersionGap {
+                stream: "order-1".into(),
+                expected: 2,
+                found: 3
+            })
+        );
+    }
+
+    #[test]
+    fn renumbered_event_after_removal_breaks_the_link() {
+        // Hiding a removal by renumbering still fails: the link is hashed.
+        let s = StreamId::new("order-1").unwrap();
+        let mut events = chain_of(&s, &[r#"{"a":1}"#, r#"{"b":2}"#, r#"{"c":3}"#]);
+        events.remove(1);
+        events[1].stream_version = 2;
+        assert_eq!(
+            verify_stream(&s, &events),
+            Err(ChainError::BrokenLink {
+                stream: "order-1".into(),
+                version: 2
+            })
+        );
+    }
 }

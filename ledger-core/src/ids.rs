@@ -43,7 +43,10 @@ fn check_text(kind: &'static str, value: &str) -> Result<(), IdError> {
         return Err(IdError::Empty { kind });
     }
     if value.chars().count() > TEXT_ID_MAX {
-        return Err(IdError::TooLong { kind, max: TEXT_ID_MAX });
+        return Err(IdError::TooLong {
+            kind,
+            max: TEXT_ID_MAX,
+        });
     }
     if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(IdError::BadCharacters { kind });

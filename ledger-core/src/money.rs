@@ -131,9 +131,9 @@ impl fmt::Display for Amount {
 
 /// Sums minor units with overflow checking.
 pub fn checked_sum(values: impl IntoIterator<Item = i64>) -> Result<i64, MoneyError> {
-    values
-        .into_iter()
-        .try_fold(0i64, |acc, v| acc.checked_add(v).ok_or(MoneyError::Overflow))
+    values.into_iter().try_fold(0i64, |acc, v| {
+        acc.checked_add(v).ok_or(MoneyError::Overflow)
+    })
 }
 
 /// A platform fee rate, frozen into an order when it is placed.
@@ -145,7 +145,9 @@ impl FeeBps {
     pub fn new(bps: i64) -> Result<Self, MoneyError> {
         if (0..=BPS_DENOMINATOR).contains(&bps) {
             // Range-checked above, so the cast is lossless.
-            Ok(FeeBps(u16::try_from(bps).map_err(|_| MoneyError::InvalidFeeBps(bps))?))
+            Ok(FeeBps(
+                u16::try_from(bps).map_err(|_| MoneyError::InvalidFeeBps(bps))?,
+            ))
         } else {
             Err(MoneyError::InvalidFeeBps(bps))
         }
@@ -221,7 +223,10 @@ mod tests {
     #[test]
     fn arithmetic_is_checked() {
         let a = Amount::new(i64::MAX, usd());
-        assert_eq!(a.checked_add(Amount::new(1, usd())), Err(MoneyError::Overflow));
+        assert_eq!(
+            a.checked_add(Amount::new(1, usd())),
+            Err(MoneyError::Overflow)
+        );
         assert_eq!(a.checked_mul(2), Err(MoneyError::Overflow));
         let eur = Currency::parse("EUR").unwrap();
         assert!(matches!(
@@ -236,7 +241,14 @@ mod tests {
         let bps = FeeBps::new(1_250).unwrap(); // 12.5%
         let s = split_fee(999, bps).unwrap();
         // 999 * 1250 = 1_248_750 → fee 124, remainder 8_750
-        assert_eq!(s, FeeSplit { fee_minor: 124, seller_minor: 875, rounding_remainder: 8_750 });
+        assert_eq!(
+            s,
+            FeeSplit {
+                fee_minor: 124,
+                seller_minor: 875,
+                rounding_remainder: 8_750
+            }
+        );
         let s = split_fee(i64::MAX, FeeBps::new(10_000).unwrap()).unwrap();
         assert_eq!(s.fee_minor, i64::MAX);
         assert_eq!(s.seller_minor, 0);
