@@ -54,7 +54,11 @@ pub enum InputError {
     #[error("{count} events in one append; the limit is {max}")]
     TooManyEvents { count: usize, max: usize },
     #[error("event {event_id}: payload is {bytes} bytes; the limit is {max}")]
-    PayloadTooLarge { event_id: EventId, bytes: usize, max: usize },
+    PayloadTooLarge {
+        event_id: EventId,
+        bytes: usize,
+        max: usize,
+    },
     #[error("event {event_id}: event_type must be 1..={max} characters")]
     BadEventType { event_id: EventId, max: usize },
     #[error("event {event_id}: payload is not JSON")]
@@ -133,7 +137,11 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Committed events strictly after `after`, in checkpoint order. Never
     /// returns a position while a lower one may still commit.
-    async fn read_all(&self, after: Checkpoint, max_count: u32) -> Result<Vec<RecordedEvent>, StoreError>;
+    async fn read_all(
+        &self,
+        after: Checkpoint,
+        max_count: u32,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
 }
 
 /// Checks one append's events against the store's input rules.
@@ -166,10 +174,14 @@ pub fn validate_events(events: &[NewEvent]) -> Result<(), InputError> {
             });
         }
         if serde_json::from_str::<serde::de::IgnoredAny>(&e.payload).is_err() {
-            return Err(InputError::PayloadNotJson { event_id: e.event_id });
+            return Err(InputError::PayloadNotJson {
+                event_id: e.event_id,
+            });
         }
         if serde_json::from_str::<serde::de::IgnoredAny>(&e.metadata).is_err() {
-            return Err(InputError::MetadataNotJson { event_id: e.event_id });
+            return Err(InputError::MetadataNotJson {
+                event_id: e.event_id,
+            });
         }
     }
     Ok(())
@@ -238,7 +250,10 @@ pub fn classify_reappend(
             first_version = *version;
         }
         let expected_version = first_version + i as u64;
-        if *version != expected_version || *event_type != event.event_type || *payload != event.payload {
+        if *version != expected_version
+            || *event_type != event.event_type
+            || *payload != event.payload
+        {
             return Err(conflict(event.event_id));
         }
         positions.push(*position);

@@ -1,0 +1,11 @@
+//! The shared conformance suite against a real SQLite file per case.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::fresh_store;
+
+mod sqlite {
+    ledger_store::conformance_suite!(crate::fresh_store().await);
+}
