@@ -126,6 +126,14 @@ pub async fn run(store: &dyn EventStore, stream: &str, json: bool) -> anyhow::Re
     for e in &events {
         chain.push(e)?;
     }
+    // The chain can't see a missing tail; the store's own head can.
+    let last = events.last().map(|e| e.stream_version);
+    let head = store.stream_version(&stream).await?;
+    if head != last {
+        anyhow::bail!(
+            "stream {stream}: the store reports version {head:?} but the last readable event is version {last:?} (events missing at the tail)"
+        );
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match kind {

@@ -24,6 +24,11 @@ pub use memory::MemoryStore;
 /// Keeps one read's memory bounded whatever the caller asks for.
 pub const READ_BATCH_MAX: u32 = 10_000;
 
+/// Most events in one `append_many` batch, across all its streams. Rebuilds
+/// and imports write in chunks of this size: big enough to amortise a commit,
+/// small enough to keep one transaction's locks and WAL short.
+pub const EVENTS_PER_BATCH_MAX: usize = 10 * EVENTS_PER_APPEND_MAX;
+
 /// What a successful append did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendResult {
@@ -201,10 +206,10 @@ pub fn validate_batch(batch: &[StreamAppend]) -> Result<(), InputError> {
         validate_events(&part.events)?;
         total += part.events.len();
     }
-    if total > EVENTS_PER_APPEND_MAX * 10 {
+    if total > EVENTS_PER_BATCH_MAX {
         return Err(InputError::TooManyEvents {
             count: total,
-            max: EVENTS_PER_APPEND_MAX * 10,
+            max: EVENTS_PER_BATCH_MAX,
         });
     }
     Ok(())
