@@ -190,7 +190,7 @@ async fn run_phase(
     total
 }
 
-async fn open_bench_backend(
+pub(crate) async fn open_bench_backend(
     store: BenchStore,
     database_url: Option<&str>,
 ) -> anyhow::Result<(Backend, String, Option<tempfile::TempDir>)> {
@@ -314,6 +314,165 @@ pub async fn append(
         anyhow::bail!(
             "{} operations failed; see the WARN lines above",
             raw.errors + ledger.errors
+        );
+    }
+    Ok(())
+}
+
+/// `ledger bench project`: generate a realistic history of about `events`
+/// events into a scratch store, then time one full pass over it (read,
+/// hash-chain check, re-fold through the core, journal) beside a raw batched
+/// `INSERT` of as many rows of the event shape through the same pool.
+///
+/// Two passes are timed: the read-model rebuild (every model into shadow
+/// tables, from position 0) and the `verify` feed pass.
+pub async fn project(
+    store: BenchStore,
+    database_url: Option<&str>,
+    events: u64,
+    seed: u64,
+) -> anyhow::Result<()> {
+    use ledger_projections::generator::{generate, orders_for_events, write_history};
+    use ledger_projections::verify::{VerifyOptions, verify};
+    use ledger_store::{BASELINE_BATCH_ROWS_MAX, EVENTS_PER_BATCH_MAX};
+
+    // Generated before the store opens: nothing idles in the pool meanwhile.
+    let orders = orders_for_events(events);
+    let generating = Instant::now();
+    let parts = generate(seed, orders);
+    let total: u64 = parts.iter().map(|p| p.events.len() as u64).sum();
+    let generate_ms = generating.elapsed().as_millis();
+
+    let (backend, label, _scratch) = open_bench_backend(store, database_url).await?;
+    backend.migrate().await?;
+    backend.baseline().prepare_baseline().await?;
+
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {msg:<24} [{bar:30}] {human_pos}/{human_len} ({per_sec})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message("writing the history");
+    let writing = Instant::now();
+    let progress = {
+        let bar = bar.clone();
+        move |n: u64| bar.set_position(n)
+    };
+    write_history(backend.events(), &parts, EVENTS_PER_BATCH_MAX, &progress).await?;
+    let write_elapsed = writing.elapsed();
+
+    // Baseline: the same rows, multi-row INSERTs of BASELINE_BATCH_ROWS_MAX.
+    bar.set_position(0);
+    bar.set_message("raw batched INSERT");
+    let rows: Vec<(StreamId, NewEvent)> = parts
+        .iter()
+        .flat_map(|p| p.events.iter().map(|e| (p.stream.clone(), e.clone())))
+        .collect();
+    drop(parts);
+    let inserting = Instant::now();
+    let mut done: u64 = 0;
+    for batch in rows.chunks(BASELINE_BATCH_ROWS_MAX) {
+        backend.baseline().baseline_insert_batch(batch).await?;
+        done += batch.len() as u64;
+        bar.set_position(done);
+    }
+    let baseline = Stats {
+        latencies_us: Vec::new(),
+        elapsed: inserting.elapsed(),
+        errors: 0,
+    };
+    drop(rows);
+
+    bar.set_position(0);
+    bar.set_message("verify pass");
+    let progress = {
+        let bar = bar.clone();
+        move |n: u64| bar.set_position(n)
+    };
+    let report = verify(
+        crate::verify::shared_events(&backend),
+        VerifyOptions { check_heads: false },
+        &[],
+        &progress,
+    )
+    .await?;
+    // The read-model rebuild (all models, into shadow tables, from 0).
+    bar.set_position(0);
+    bar.set_message("read-model rebuild");
+    let rm_store: Arc<dyn ledger_projections::readmodel::ReadModelStore> = match &backend {
+        Backend::Postgres(s) => Arc::new(s.clone()),
+        Backend::Sqlite(s) => Arc::new(s.clone()),
+    };
+    let rebuilding = Instant::now();
+    let rebuilt = ledger_projections::readmodel::rebuild_into_shadow(
+        crate::verify::shared_events(&backend),
+        rm_store,
+        &ledger_projections::readmodel::ReadModel::ALL,
+        None,
+        &progress,
+    )
+    .await?;
+    let rebuild_elapsed = rebuilding.elapsed();
+    bar.finish_and_clear();
+
+    let rate = |n: u64, d: Duration| {
+        u64::try_from(u128::from(n) * 1_000_000 / d.as_micros().max(1)).unwrap_or(u64::MAX)
+    };
+    let baseline_rate = rate(total, baseline.elapsed);
+    let pass_rate = report.events_per_second();
+    println!(
+        "bench project: {label}, seed {seed}: {orders} orders → {total} events ({} streams, {} journal entries), generated in {generate_ms} ms",
+        report.streams, report.entries
+    );
+    println!(
+        "{:<52} {:>10} {:>10} {:>10}",
+        "path", "events", "ms", "events/s"
+    );
+    println!(
+        "{:<52} {:>10} {:>10} {:>10}",
+        format!("raw batched INSERT ({BASELINE_BATCH_ROWS_MAX} rows/statement, baseline)"),
+        total,
+        baseline.elapsed.as_millis(),
+        baseline_rate
+    );
+    println!(
+        "{:<52} {:>10} {:>10} {:>10}",
+        "read-model rebuild (all models, into shadow)",
+        rebuilt.events,
+        rebuild_elapsed.as_millis(),
+        rate(rebuilt.events, rebuild_elapsed)
+    );
+    println!(
+        "{:<52} {:>10} {:>10} {:>10}",
+        "verify feed pass: read + chain + re-fold + journal",
+        report.events,
+        report.feed_elapsed.as_millis(),
+        pass_rate
+    );
+    println!(
+        "{:<52} {:>10} {:>10} {:>10}",
+        format!("(setup) append_many, {EVENTS_PER_BATCH_MAX} events/transaction"),
+        total,
+        write_elapsed.as_millis(),
+        rate(total, write_elapsed)
+    );
+    println!(
+        "ratio rebuild/baseline throughput: {}x; verify/baseline: {}x",
+        ratio(rate(rebuilt.events, rebuild_elapsed), baseline_rate),
+        ratio(pass_rate, baseline_rate)
+    );
+    if !report.is_clean() {
+        anyhow::bail!(
+            "the generated history has {} findings (a generator or core bug): {}",
+            report.findings_total,
+            report
+                .findings
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default()
         );
     }
     Ok(())

@@ -6,24 +6,20 @@
 //! carry); no PSP is called. It exists so a newcomer can see streams, replay
 //! and the journal on the embedded store in one command.
 
-use std::collections::BTreeMap;
-
 use anyhow::Context;
 use chrono::Utc;
-use ledger_core::events::decode_any;
 use ledger_core::ids::{
     BuyerId, ProductId, SellerAccount, SellerId, StreamId, StripeReversalId, StripeTransferId,
     command_id_from_cause, order_id_from_idempotency_key, payment_id_for, psp_refund_id_for,
     refund_id_from_idempotency_key, transfer_id,
 };
 use ledger_core::order::{LineInput, Order, OrderCommand, OrderEvent};
-use ledger_core::postings::{Side, postings};
 use ledger_core::psp::{PaymentStatus, RefundPspStatus};
 use ledger_core::refund::{Refund, RefundCommand};
 use ledger_core::transfer::{SellerTransfer, TransferCommand};
-use ledger_core::{Amount, Checkpoint, Currency, Decider, FeeBps, Metadata, Source};
+use ledger_core::{Amount, Currency, Decider, FeeBps, Metadata, Source};
+use ledger_store::EventStore;
 use ledger_store::handle::{CommandContext, Handled, execute};
-use ledger_store::{EventStore, READ_BATCH_MAX};
 use uuid::Uuid;
 
 fn ctx(cause: &str, source: Source, correlation: Uuid) -> CommandContext {
@@ -323,45 +319,8 @@ async fn stored_order_events(
         .collect()
 }
 
-/// Sums the journal postings of every stored event per account and currency.
+/// The trial balance of every stored event (see `ledger trial-balance`).
 pub async fn print_trial_balance(store: &dyn EventStore) -> anyhow::Result<()> {
-    let mut balances: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
-    let mut after = Checkpoint::START;
-    loop {
-        let page = store.read_all(after, READ_BATCH_MAX).await?;
-        for e in &page {
-            let event = decode_any(&e.stream_id, &e.event_type, e.schema_version, &e.payload)
-                .with_context(|| format!("{} version {}", e.stream_id, e.stream_version))?;
-            for entry in postings(e.event_id, &event) {
-                for p in entry.postings {
-                    let slot = balances
-                        .entry((p.account.to_string(), entry.currency.to_string()))
-                        .or_default();
-                    let side = match p.side {
-                        Side::Debit => &mut slot.0,
-                        Side::Credit => &mut slot.1,
-                    };
-                    *side = side
-                        .checked_add(p.amount_minor)
-                        .context("journal total overflows i64")?;
-                }
-            }
-        }
-        match page.last() {
-            Some(last) => after = last.checkpoint(),
-            None => break,
-        }
-    }
-    println!("trial balance (all events, minor units):");
-    println!(
-        "  {:<28} {:>4} {:>12} {:>12} {:>12}",
-        "account", "cur", "debits", "credits", "net credit"
-    );
-    for ((account, currency), (debit, credit)) in &balances {
-        let net = credit
-            .checked_sub(*debit)
-            .context("journal net overflows i64")?;
-        println!("  {account:<28} {currency:>4} {debit:>12} {credit:>12} {net:>12}");
-    }
-    Ok(())
+    let tb = crate::trial_balance::compute(store, None).await?;
+    crate::trial_balance::print(&tb, None, false)
 }

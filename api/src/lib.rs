@@ -9,9 +9,14 @@
 pub mod bench;
 pub mod cli;
 pub mod demo;
+pub mod export;
 pub mod logging;
+pub mod project;
+pub mod rebuild;
 pub mod replay;
 pub mod store;
+pub mod trial_balance;
+pub mod verify;
 
 use std::process::ExitCode;
 

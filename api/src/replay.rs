@@ -13,6 +13,7 @@ use ledger_core::order::Order;
 use ledger_core::refund::Refund;
 use ledger_core::transfer::SellerTransfer;
 use ledger_core::{Decider, RecordedEvent};
+use ledger_projections::journal::AsOf;
 use ledger_store::{EventStore, READ_BATCH_MAX};
 use serde::Serialize;
 
@@ -111,7 +112,98 @@ fn hex_short(hash: &[u8; 32]) -> String {
     hash.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-pub async fn run(store: &dyn EventStore, stream: &str, json: bool) -> anyhow::Result<ExitCode> {
+/// The state as of a point, as printed by `replay --as-of … --json`.
+#[derive(Debug, Serialize)]
+struct AsOfState<'a, S: Serialize> {
+    stream_id: &'a str,
+    as_of: String,
+    /// Last version at or before the point (0: the stream did not exist yet).
+    stream_version: u64,
+    global_position: Option<u64>,
+    state: &'a S,
+}
+
+/// Folds the stream's prefix up to `as_of`: its events while their global
+/// position (or `recorded_at`) is at or before the point. A stream's
+/// positions ascend with its versions, so this is a prefix.
+fn as_of_state<D>(
+    events: &[RecordedEvent],
+    as_of: AsOf,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()>
+where
+    D: Decider,
+    D::State: Serialize,
+{
+    let mut state = D::State::default();
+    let mut last: Option<&RecordedEvent> = None;
+    for e in events.iter().take_while(|e| as_of.includes(e)) {
+        let event =
+            ledger_core::codec::decode::<D::Event>(&e.event_type, e.schema_version, &e.payload)
+                .with_context(|| {
+                    format!(
+                        "{} version {}: cannot decode",
+                        e.stream_id, e.stream_version
+                    )
+                })?;
+        state = D::evolve(state, &event).with_context(|| {
+            format!(
+                "{} version {}: the core rejects this history",
+                e.stream_id, e.stream_version
+            )
+        })?;
+        last = Some(e);
+    }
+    let stream_id = events.first().map_or("", |e| e.stream_id.as_str());
+    let view = AsOfState {
+        stream_id,
+        as_of: as_of.to_string(),
+        stream_version: last.map_or(0, |e| e.stream_version),
+        global_position: last.map(|e| e.global_position),
+        state: &state,
+    };
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&view)?)?;
+    } else {
+        writeln!(
+            out,
+            "{stream_id} as of {}: version {} of {}",
+            view.as_of,
+            view.stream_version,
+            events.len()
+        )?;
+        writeln!(out, "state: {}", serde_json::to_string_pretty(&state)?)?;
+    }
+    Ok(())
+}
+
+/// `ledger replay <stream> --as-of <position|RFC3339>`: the chain of the
+/// whole stream is checked as in [`run`], then only the state as of the
+/// point is printed.
+pub async fn run_as_of(
+    store: &dyn EventStore,
+    stream: &str,
+    as_of: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let as_of = AsOf::parse(as_of)?;
+    let (_stream, kind, events) = load_checked(store, stream).await?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match kind {
+        StreamKind::Order => as_of_state::<Order>(&events, as_of, json, &mut out)?,
+        StreamKind::Refund => as_of_state::<Refund>(&events, as_of, json, &mut out)?,
+        StreamKind::Transfer => as_of_state::<SellerTransfer>(&events, as_of, json, &mut out)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a whole stream and checks its chain and head.
+async fn load_checked(
+    store: &dyn EventStore,
+    stream: &str,
+) -> anyhow::Result<(StreamId, StreamKind, Vec<RecordedEvent>)> {
     let stream = StreamId::new(stream).map_err(|e| {
         anyhow!("{e}; pass a stream id such as order-<uuid>, refund-<uuid> or transfer-<uuid>")
     })?;
@@ -134,6 +226,11 @@ pub async fn run(store: &dyn EventStore, stream: &str, json: bool) -> anyhow::Re
             "stream {stream}: the store reports version {head:?} but the last readable event is version {last:?} (events missing at the tail)"
         );
     }
+    Ok((stream, kind, events))
+}
+
+pub async fn run(store: &dyn EventStore, stream: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let (_stream, kind, events) = load_checked(store, stream).await?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match kind {

@@ -1,1 +1,10 @@
+//! The projector runtime and everything projected from events: read models,
+//! the double-entry journal, the audit verifier, process managers.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod generator;
+pub mod journal;
+pub mod readmodel;
+pub mod runtime;
+pub mod verify;

@@ -146,6 +146,10 @@ impl RawInsertBaseline for PgStore {
         Ok(())
     }
 
+    async fn baseline_insert_batch(&self, rows: &[(StreamId, NewEvent)]) -> Result<(), StoreError> {
+        self.insert_baseline_batch(rows).await
+    }
+
     async fn baseline_insert(&self, stream: &StreamId, event: &NewEvent) -> Result<(), StoreError> {
         // Same client-side work as an append (time, digest), so the ratio
         // measures what the database does differently.

@@ -33,8 +33,10 @@
 //! readers for at most that long instead of forever.
 
 mod append;
+mod baseline_batch;
 mod conformance;
 mod error;
+mod readmodel;
 mod row;
 
 use std::str::FromStr;
@@ -101,7 +103,7 @@ impl PgStore {
             .connect_with(options)
             .await
             .map_err(backend)?;
-        Ok(PgStore { pool })
+        Ok(PgStore::from_pool(pool))
     }
 
     /// Wraps an existing pool. The caller owns its settings; it should set

@@ -154,6 +154,10 @@ impl RawInsertBaseline for SqliteStore {
         Ok(())
     }
 
+    async fn baseline_insert_batch(&self, rows: &[(StreamId, NewEvent)]) -> Result<(), StoreError> {
+        self.insert_baseline_batch(rows).await
+    }
+
     async fn baseline_insert(&self, stream: &StreamId, event: &NewEvent) -> Result<(), StoreError> {
         const NO_HASH: [u8; 32] = [0; 32];
         sqlx::query(

@@ -19,7 +19,9 @@
 //! mode they keep reading the last committed snapshot.
 
 mod append;
+mod baseline_batch;
 mod fault;
+mod readmodel;
 mod row;
 
 use std::path::Path;

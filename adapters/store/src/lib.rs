@@ -280,4 +280,13 @@ pub trait RawInsertBaseline: Send + Sync {
     async fn prepare_baseline(&self) -> Result<(), StoreError>;
     /// One autocommit single-row `INSERT`.
     async fn baseline_insert(&self, stream: &StreamId, event: &NewEvent) -> Result<(), StoreError>;
+    /// One autocommit multi-row `INSERT` of `rows` (at most
+    /// [`BASELINE_BATCH_ROWS_MAX`]): the baseline `ledger bench project`
+    /// reports beside a rebuild.
+    async fn baseline_insert_batch(&self, rows: &[(StreamId, NewEvent)]) -> Result<(), StoreError>;
 }
+
+/// Most rows in one [`RawInsertBaseline::baseline_insert_batch`] statement:
+/// ten columns each stays far below both backends' bind-parameter limits
+/// (Postgres 65 535, SQLite 32 766).
+pub const BASELINE_BATCH_ROWS_MAX: usize = EVENTS_PER_APPEND_MAX;

@@ -1,0 +1,60 @@
+//! The batched raw-insert baseline of `ledger bench project`: one multi-row
+//! `INSERT` into the plain `bench_raw_event` table (see
+//! [`RawInsertBaseline::prepare_baseline`]) through the same pool.
+
+use ledger_core::NewEvent;
+use ledger_core::hash::{ContentFields, GENESIS, content_digest};
+use ledger_core::ids::StreamId;
+use ledger_store::{BASELINE_BATCH_ROWS_MAX, InputError, StoreError};
+use sqlx::QueryBuilder;
+
+use crate::PgStore;
+use crate::append::recorded_now;
+use crate::error::backend;
+
+impl PgStore {
+    pub(crate) async fn insert_baseline_batch(
+        &self,
+        rows: &[(StreamId, NewEvent)],
+    ) -> Result<(), StoreError> {
+        if rows.len() > BASELINE_BATCH_ROWS_MAX {
+            return Err(InputError::TooManyEvents {
+                count: rows.len(),
+                max: BASELINE_BATCH_ROWS_MAX,
+            }
+            .into());
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let recorded_at = recorded_now();
+        let mut q = QueryBuilder::new(
+            "insert into bench_raw_event (stream_id, stream_version, event_id, event_type, \
+             schema_version, payload, metadata, recorded_at, prev_hash, hash) ",
+        );
+        q.push_values(rows, |mut b, (stream, event)| {
+            // Same client-side work as the single-row baseline (a digest).
+            let digest = content_digest(&ContentFields {
+                stream_id: stream,
+                event_id: event.event_id,
+                event_type: &event.event_type,
+                schema_version: event.schema_version,
+                payload: &event.payload,
+                metadata: &event.metadata,
+                recorded_at,
+            });
+            b.push_bind(stream.as_str())
+                .push_bind(1_i64)
+                .push_bind(event.event_id.0)
+                .push_bind(event.event_type.as_str())
+                .push_bind(i64::from(event.schema_version))
+                .push_bind(event.payload.as_str())
+                .push_bind(event.metadata.as_str())
+                .push_bind(recorded_at)
+                .push_bind(GENESIS)
+                .push_bind(digest);
+        });
+        q.build().execute(&self.pool).await.map_err(backend)?;
+        Ok(())
+    }
+}

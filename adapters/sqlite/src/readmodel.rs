@@ -1,0 +1,135 @@
+//! [`ReadModelStore`] on SQLite: the read models live in the event file, so
+//! a batch's rows and its checkpoint commit in one `begin immediate`
+//! transaction on the single writer (which also serialises the
+//! checkpoint compare-and-set against every other writer).
+//!
+//! The statements come from `ledger_projections::readmodel::schema`; this
+//! file only runs them.
+
+use async_trait::async_trait;
+use ledger_core::Checkpoint;
+use ledger_projections::readmodel::{Batch, Dialect, ReadModelError, ReadModelStore};
+use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
+
+use crate::SqliteStore;
+
+fn backend(e: sqlx::Error) -> ReadModelError {
+    ReadModelError::Backend(e.to_string())
+}
+
+fn to_i64(v: u64) -> Result<i64, ReadModelError> {
+    i64::try_from(v).map_err(|_| ReadModelError::Backend(format!("{v} exceeds bigint")))
+}
+
+fn checkpoint_of(commit: i64, position: i64) -> Result<Checkpoint, ReadModelError> {
+    Ok(Checkpoint {
+        commit: u64::try_from(commit)
+            .map_err(|_| ReadModelError::Backend(format!("negative commit {commit}")))?,
+        position: u64::try_from(position)
+            .map_err(|_| ReadModelError::Backend(format!("negative position {position}")))?,
+    })
+}
+
+async fn stored_checkpoint(
+    tx: &mut Transaction<'static, Sqlite>,
+    name: &str,
+) -> Result<Option<Checkpoint>, ReadModelError> {
+    let row = sqlx::query("select commit_id, position from projection_checkpoint where name = $1")
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(backend)?;
+    row.map(|r| checkpoint_of(r.get::<i64, _>(0), r.get::<i64, _>(1)))
+        .transpose()
+}
+
+#[async_trait]
+impl ReadModelStore for SqliteStore {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>, ReadModelError> {
+        let row =
+            sqlx::query("select commit_id, position from projection_checkpoint where name = $1")
+                .bind(name)
+                .fetch_optional(self.reader())
+                .await
+                .map_err(backend)?;
+        row.map(|r| checkpoint_of(r.get::<i64, _>(0), r.get::<i64, _>(1)))
+            .transpose()
+    }
+
+    async fn query_text(&self, sql: &str, param: &str) -> Result<Vec<String>, ReadModelError> {
+        sqlx::query_scalar::<_, String>(AssertSqlSafe(sql.to_owned()))
+            .bind(param)
+            .fetch_all(self.reader())
+            .await
+            .map_err(backend)
+    }
+
+    async fn apply_batch(&self, batch: &Batch) -> Result<(), ReadModelError> {
+        let mut tx = self
+            .begin_write()
+            .await
+            .map_err(|e| ReadModelError::Backend(e.to_string()))?;
+        for mv in &batch.checkpoints {
+            let found = stored_checkpoint(&mut tx, &mv.name).await?;
+            if found != mv.from {
+                return Err(ReadModelError::CheckpointMoved {
+                    name: mv.name.clone(),
+                    expected: mv.from,
+                    found,
+                });
+            }
+        }
+        for w in &batch.writes {
+            sqlx::query(AssertSqlSafe(w.sql.clone()))
+                .bind(w.param.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        if batch.fail_before_checkpoint {
+            // Dropping the transaction rolls the row writes back.
+            return Err(ReadModelError::InjectedFault);
+        }
+        for mv in &batch.checkpoints {
+            sqlx::query(
+                "insert into projection_checkpoint (name, commit_id, position, updated_at) \
+                 values ($1, $2, $3, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) on conflict (name) do update set \
+                 commit_id = excluded.commit_id, position = excluded.position, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(mv.name.as_str())
+            .bind(to_i64(mv.to.commit)?)
+            .bind(to_i64(mv.to.position)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn execute_all(&self, statements: &[String]) -> Result<(), ReadModelError> {
+        let mut tx = self
+            .begin_write()
+            .await
+            .map_err(|e| ReadModelError::Backend(e.to_string()))?;
+        for s in statements {
+            sqlx::query(AssertSqlSafe(s.clone()))
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn head_position(&self) -> Result<u64, ReadModelError> {
+        let head: i64 = sqlx::query_scalar("select coalesce(max(global_position), 0) from event")
+            .fetch_one(self.reader())
+            .await
+            .map_err(backend)?;
+        Ok(u64::try_from(head).unwrap_or(0))
+    }
+}

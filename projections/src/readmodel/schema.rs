@@ -1,0 +1,698 @@
+//! The read-model tables, described once; every statement (DDL, batched
+//! upserts, loads, diffs) for both backends is generated from these
+//! descriptions, so the two backends cannot drift apart column by column.
+//!
+//! Batched writes take ONE text parameter: a JSON array of row objects,
+//! expanded server-side (`json_to_recordset` on Postgres, `json_each` on
+//! SQLite). One statement per table per batch, one bind, and the same text
+//! shape on both backends.
+
+/// Which SQL dialect an adapter speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    Sqlite,
+}
+
+/// Suffix of the shadow copy of a table that a rebuild fills.
+pub const SHADOW_SUFFIX: &str = "__shadow";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColType {
+    Text,
+    Int,
+    /// UTC timestamp: `timestamptz` on Postgres, fixed-width RFC 3339 text
+    /// (`YYYY-MM-DDTHH:MM:SS.ffffffZ`, so it sorts) on SQLite.
+    Ts,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Column {
+    pub name: &'static str,
+    pub ty: ColType,
+    pub nullable: bool,
+}
+
+const fn col(name: &'static str, ty: ColType) -> Column {
+    Column {
+        name,
+        ty,
+        nullable: false,
+    }
+}
+
+const fn opt(name: &'static str, ty: ColType) -> Column {
+    Column {
+        name,
+        ty,
+        nullable: true,
+    }
+}
+
+/// How a batch writes a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// The whole row image replaces the stored row.
+    Upsert,
+    /// Append-only: a second insert of a key is a loud unique violation,
+    /// never a silent double-apply.
+    Insert,
+    /// These integer columns are added to the stored row (balances).
+    Add(&'static [&'static str]),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Table {
+    pub name: &'static str,
+    pub columns: &'static [Column],
+    pub key: &'static [&'static str],
+    pub write: WriteMode,
+    /// `(index name suffix, column list)`.
+    pub indexes: &'static [(&'static str, &'static str)],
+    /// Column a batch loads existing rows by (entity tables only).
+    pub load_by: Option<&'static str>,
+}
+
+use ColType::{Int, Text, Ts};
+
+pub const ORDER_VIEW: Table = Table {
+    name: "order_view",
+    columns: &[
+        col("order_id", Text),
+        col("status", Text),
+        col("buyer_id", Text),
+        col("currency", Text),
+        col("total_minor", Int),
+        col("captured_minor", Int),
+        col("refunded_minor", Int),
+        col("fee_minor", Int),
+        opt("payment_id", Text),
+        col("created_at", Ts),
+        col("updated_at", Ts),
+        col("status_since", Ts),
+        col("stream_version", Int),
+    ],
+    key: &["order_id"],
+    write: WriteMode::Upsert,
+    indexes: &[
+        ("status_since_ix", "status, status_since"),
+        ("created_at_ix", "created_at"),
+    ],
+    load_by: Some("order_id"),
+};
+
+pub const ORDER_LINE_VIEW: Table = Table {
+    name: "order_line_view",
+    columns: &[
+        col("order_id", Text),
+        col("product_id", Text),
+        col("seller_id", Text),
+        col("seller_account", Text),
+        col("currency", Text),
+        col("unit_amount_minor", Int),
+        col("quantity", Int),
+        col("total_minor", Int),
+        col("fee_minor", Int),
+        col("seller_minor", Int),
+        col("refund_state", Text),
+        opt("refund_id", Text),
+    ],
+    key: &["order_id", "product_id"],
+    write: WriteMode::Upsert,
+    indexes: &[("seller_ix", "seller_id, refund_state")],
+    load_by: Some("order_id"),
+};
+
+pub const REFUND_VIEW: Table = Table {
+    name: "refund_view",
+    columns: &[
+        col("refund_id", Text),
+        col("status", Text),
+        col("order_id", Text),
+        col("payment_id", Text),
+        col("amount_minor", Int),
+        col("currency", Text),
+        col("lines", Text),
+        col("reason", Text),
+        opt("hyperswitch_refund_id", Text),
+        opt("failure", Text),
+        opt("error_message", Text),
+        col("requested_at", Ts),
+        col("updated_at", Ts),
+        col("status_since", Ts),
+        col("stream_version", Int),
+    ],
+    key: &["refund_id"],
+    write: WriteMode::Upsert,
+    indexes: &[
+        ("order_ix", "order_id"),
+        ("status_since_ix", "status, status_since"),
+    ],
+    load_by: Some("refund_id"),
+};
+
+pub const SELLER_TRANSFER_VIEW: Table = Table {
+    name: "seller_transfer_view",
+    columns: &[
+        col("transfer_id", Text),
+        col("status", Text),
+        col("order_id", Text),
+        col("seller_id", Text),
+        col("destination", Text),
+        col("currency", Text),
+        col("scheduled_minor", Int),
+        col("amount_minor", Int),
+        col("transferred_minor", Int),
+        col("amount_reversed_minor", Int),
+        opt("stripe_transfer_id", Text),
+        opt("stripe_reversal_id", Text),
+        col("attempt", Int),
+        col("retry_count", Int),
+        col("reversal_retry_count", Int),
+        opt("next_retry_at", Ts),
+        opt("last_error", Text),
+        col("created_at", Ts),
+        col("updated_at", Ts),
+        col("status_since", Ts),
+        col("stream_version", Int),
+    ],
+    key: &["transfer_id"],
+    write: WriteMode::Upsert,
+    indexes: &[
+        ("order_ix", "order_id"),
+        ("seller_ix", "seller_id"),
+        ("status_since_ix", "status, status_since"),
+    ],
+    load_by: Some("transfer_id"),
+};
+
+pub const JOURNAL_ENTRY: Table = Table {
+    name: "journal_entry",
+    columns: &[
+        col("entry_id", Text),
+        col("source_event_id", Text),
+        col("event_type", Text),
+        col("stream_id", Text),
+        col("stream_version", Int),
+        col("global_position", Int),
+        col("currency", Text),
+        col("description", Text),
+        col("recorded_at", Ts),
+    ],
+    key: &["entry_id"],
+    write: WriteMode::Insert,
+    indexes: &[("stream_ix", "stream_id, stream_version")],
+    load_by: None,
+};
+
+pub const POSTING: Table = Table {
+    name: "posting",
+    columns: &[
+        col("entry_id", Text),
+        col("leg", Int),
+        col("account", Text),
+        col("side", Text),
+        col("amount_minor", Int),
+        col("currency", Text),
+        col("event_type", Text),
+        col("recorded_at", Ts),
+    ],
+    key: &["entry_id", "leg"],
+    write: WriteMode::Insert,
+    indexes: &[
+        ("account_ix", "account, currency"),
+        ("recorded_at_ix", "recorded_at"),
+    ],
+    load_by: None,
+};
+
+pub const ACCOUNT_BALANCE: Table = Table {
+    name: "account_balance",
+    columns: &[
+        col("account", Text),
+        col("currency", Text),
+        col("debit_minor", Int),
+        col("credit_minor", Int),
+    ],
+    key: &["account", "currency"],
+    write: WriteMode::Add(&["debit_minor", "credit_minor"]),
+    indexes: &[],
+    load_by: None,
+};
+
+pub const ANOMALY: Table = Table {
+    name: "anomaly",
+    columns: &[
+        col("stream_id", Text),
+        col("stream_version", Int),
+        col("event_type", Text),
+        col("kind", Text),
+        col("details", Text),
+        col("at", Ts),
+        col("global_position", Int),
+    ],
+    key: &["stream_id", "stream_version"],
+    write: WriteMode::Insert,
+    indexes: &[("at_ix", "at")],
+    load_by: None,
+};
+
+/// One rebuildable projection: a name (its checkpoint row) and its tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReadModel {
+    Orders,
+    Refunds,
+    Transfers,
+    Journal,
+    Anomalies,
+}
+
+impl ReadModel {
+    pub const ALL: [ReadModel; 5] = [
+        ReadModel::Orders,
+        ReadModel::Refunds,
+        ReadModel::Transfers,
+        ReadModel::Journal,
+        ReadModel::Anomalies,
+    ];
+
+    /// The checkpoint name (and the CLI name).
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadModel::Orders => "orders",
+            ReadModel::Refunds => "refunds",
+            ReadModel::Transfers => "transfers",
+            ReadModel::Journal => "journal",
+            ReadModel::Anomalies => "anomalies",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<ReadModel> {
+        ReadModel::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// Checkpoint name of the live (`shadow = false`) or shadow copy.
+    pub fn checkpoint_name(self, shadow: bool) -> String {
+        if shadow {
+            format!("{}{SHADOW_SUFFIX}", self.name())
+        } else {
+            self.name().to_owned()
+        }
+    }
+
+    pub fn tables(self) -> &'static [Table] {
+        match self {
+            ReadModel::Orders => &[ORDER_VIEW, ORDER_LINE_VIEW],
+            ReadModel::Refunds => &[REFUND_VIEW],
+            ReadModel::Transfers => &[SELLER_TRANSFER_VIEW],
+            ReadModel::Journal => &[JOURNAL_ENTRY, POSTING, ACCOUNT_BALANCE],
+            ReadModel::Anomalies => &[ANOMALY],
+        }
+    }
+}
+
+fn sql_type(dialect: Dialect, ty: ColType) -> &'static str {
+    match (dialect, ty) {
+        (_, Text) => "text",
+        (Dialect::Postgres, Int) => "bigint",
+        (Dialect::Sqlite, Int) => "integer",
+        (Dialect::Postgres, Ts) => "timestamptz",
+        (Dialect::Sqlite, Ts) => "text",
+    }
+}
+
+fn sfx(shadow: bool) -> &'static str {
+    if shadow { SHADOW_SUFFIX } else { "" }
+}
+
+impl Table {
+    pub fn table_name(&self, shadow: bool) -> String {
+        format!("{}{}", self.name, sfx(shadow))
+    }
+
+    fn column_list(&self) -> String {
+        self.columns
+            .iter()
+            .map(|c| c.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// `create table` (constraints named after the table, so a shadow's
+    /// names never collide with the live table's).
+    pub fn create_sql(&self, dialect: Dialect, shadow: bool) -> String {
+        let t = self.table_name(shadow);
+        let mut parts: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| {
+                let null = if c.nullable { "" } else { " not null" };
+                format!("    {} {}{null}", c.name, sql_type(dialect, c.ty))
+            })
+            .collect();
+        if dialect == Dialect::Sqlite {
+            // SQLite turns an overflowing integer sum into a float; refuse it.
+            for c in self.columns.iter().filter(|c| c.ty == Int) {
+                parts.push(format!(
+                    "    constraint {t}_{}_integer_ck check (typeof({}) in ('integer', 'null'))",
+                    c.name, c.name
+                ));
+            }
+        }
+        parts.push(format!(
+            "    constraint {t}_pk primary key ({})",
+            self.key.join(", ")
+        ));
+        format!("create table {t} (\n{}\n)", parts.join(",\n"))
+    }
+
+    pub fn index_sql(&self, shadow: bool) -> Vec<String> {
+        let t = self.table_name(shadow);
+        self.indexes
+            .iter()
+            .map(|(name, cols)| format!("create index {t}_{name} on {t} ({cols})"))
+            .collect()
+    }
+
+    /// One statement writing every row of a batch; `$1` is a JSON array of
+    /// row objects keyed by column name.
+    pub fn write_sql(&self, dialect: Dialect, shadow: bool) -> String {
+        let t = self.table_name(shadow);
+        let cols = self.column_list();
+        let source = match dialect {
+            Dialect::Postgres => {
+                let defs = self
+                    .columns
+                    .iter()
+                    .map(|c| format!("{} {}", c.name, sql_type(dialect, c.ty)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!("select {cols} from json_to_recordset($1::json) as r({defs})")
+            }
+            Dialect::Sqlite => {
+                let exprs = self
+                    .columns
+                    .iter()
+                    .map(|c| format!("r.value ->> '{}'", c.name))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                // `where true` resolves SQLite's upsert-after-select ambiguity.
+                format!("select {exprs} from json_each($1) as r where true")
+            }
+        };
+        let conflict = match self.write {
+            WriteMode::Insert => String::new(),
+            WriteMode::Upsert => {
+                let sets = self
+                    .columns
+                    .iter()
+                    .filter(|c| !self.key.contains(&c.name))
+                    .map(|c| format!("{0} = excluded.{0}", c.name))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!(
+                    " on conflict ({}) do update set {sets}",
+                    self.key.join(", ")
+                )
+            }
+            WriteMode::Add(adds) => {
+                let sets = adds
+                    .iter()
+                    .map(|c| format!("{c} = {t}.{c} + excluded.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!(
+                    " on conflict ({}) do update set {sets}",
+                    self.key.join(", ")
+                )
+            }
+        };
+        format!("insert into {t} ({cols}) {source}{conflict}")
+    }
+
+    /// Rows whose `load_by` column is in `$1` (a JSON array of strings), each
+    /// as one JSON object text.
+    pub fn load_sql(&self, dialect: Dialect, shadow: bool) -> Option<String> {
+        let by = self.load_by?;
+        let t = self.table_name(shadow);
+        Some(match dialect {
+            Dialect::Postgres => format!(
+                "select row_to_json(t)::text from {t} t \
+                 where t.{by} in (select json_array_elements_text($1::json))"
+            ),
+            Dialect::Sqlite => {
+                let pairs = self
+                    .columns
+                    .iter()
+                    .map(|c| format!("'{0}', t.{0}", c.name))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!(
+                    "select json_object({pairs}) from {t} t \
+                     where t.{by} in (select value from json_each($1))"
+                )
+            }
+        })
+    }
+
+    /// Rows that differ between live and shadow, at most `$1` of them
+    /// (as text), each as a JSON array: key columns (from whichever side has
+    /// the row), a live-present flag, a shadow-present flag, then every
+    /// column's live and shadow text.
+    pub fn diff_sql(&self, dialect: Dialect) -> String {
+        let live = self.table_name(false);
+        let shadow = self.table_name(true);
+        let distinct = match dialect {
+            Dialect::Postgres => "is distinct from",
+            Dialect::Sqlite => "is not",
+        };
+        let on = self
+            .key
+            .iter()
+            .map(|k| format!("l.{k} = s.{k}"))
+            .collect::<Vec<_>>()
+            .join(" and ");
+        let k0 = self.key.first().copied().unwrap_or("1");
+        let mut items: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| format!("cast(coalesce(l.{k}, s.{k}) as text)"))
+            .collect();
+        items.push(format!("case when l.{k0} is null then 0 else 1 end"));
+        items.push(format!("case when s.{k0} is null then 0 else 1 end"));
+        for c in self.columns {
+            items.push(format!("cast(l.{0} as text)", c.name));
+            items.push(format!("cast(s.{0} as text)", c.name));
+        }
+        let mut conds = vec![format!("l.{k0} is null"), format!("s.{k0} is null")];
+        conds.extend(
+            self.columns
+                .iter()
+                .map(|c| format!("l.{0} {distinct} s.{0}", c.name)),
+        );
+        let array = match dialect {
+            Dialect::Postgres => format!("json_build_array({})::text", items.join(", ")),
+            Dialect::Sqlite => format!("json_array({})", items.join(", ")),
+        };
+        let order = self
+            .key
+            .iter()
+            .map(|k| format!("coalesce(l.{k}, s.{k})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let limit = match dialect {
+            Dialect::Postgres => "$1::text::bigint",
+            Dialect::Sqlite => "cast($1 as integer)",
+        };
+        format!(
+            "select {array} from {live} l full outer join {shadow} s on {on} \
+             where {} order by {order} limit {limit}",
+            conds.join(" or ")
+        )
+    }
+}
+
+/// The checkpoint table every projection and process manager shares.
+pub fn checkpoint_table_sql(dialect: Dialect) -> String {
+    format!(
+        "create table projection_checkpoint (\n    name text not null,\n    commit_id {int} not null,\n    position {int} not null,\n    updated_at {ts} not null,\n    constraint projection_checkpoint_pk primary key (name)\n)",
+        int = sql_type(dialect, Int),
+        ts = sql_type(dialect, Ts)
+    )
+}
+
+/// Every analyst view, in creation order. They read the live tables only;
+/// a swap drops and recreates them in its transaction.
+pub fn views_sql(dialect: Dialect) -> Vec<String> {
+    let (day, age) = match dialect {
+        Dialect::Postgres => (
+            "(p.recorded_at at time zone 'UTC')::date",
+            "now() - {since}",
+        ),
+        Dialect::Sqlite => (
+            "substr(p.recorded_at, 1, 10)",
+            "cast(round((julianday('now') - julianday({since})) * 86400) as integer)",
+        ),
+    };
+    let age_of = |since: &str| age.replace("{since}", since);
+    vec![
+        // What the marketplace owes each seller, per currency: credits minus
+        // debits on `seller_payable:{seller}`.
+        "create view seller_balance as\n\
+         select substr(b.account, length('seller_payable:') + 1) as seller_id, b.currency,\n\
+         b.credit_minor - b.debit_minor as payable_minor, b.credit_minor, b.debit_minor\n\
+         from account_balance b where b.account like 'seller_payable:%'"
+            .to_owned(),
+        format!(
+            "create view daily_money as\n\
+             select {day} as day, p.currency,\n\
+             sum(case when p.event_type = 'PaymentSucceeded' and p.account = 'psp_clearing' then p.amount_minor else 0 end) as captured_minor,\n\
+             sum(case when p.event_type = 'RefundSucceeded' and p.account = 'psp_clearing' then p.amount_minor else 0 end) as refunded_minor,\n\
+             sum(case when p.account = 'platform_fees' and p.side = 'credit' then p.amount_minor when p.account = 'platform_fees' then -p.amount_minor else 0 end) as fees_minor\n\
+             from posting p group by {day}, p.currency"
+        ),
+        "create view seller_refund_rate as\n\
+         select l.seller_id, l.currency, count(*) as lines_sold,\n\
+         sum(case when l.refund_state = 'refunded' then 1 else 0 end) as lines_refunded,\n\
+         sum(l.total_minor) as sold_minor,\n\
+         sum(case when l.refund_state = 'refunded' then l.total_minor else 0 end) as refunded_minor\n\
+         from order_line_view l join order_view o on o.order_id = l.order_id\n\
+         where o.captured_minor > 0 group by l.seller_id, l.currency"
+            .to_owned(),
+        format!(
+            "create view stuck_item as\n\
+             select 'order' as kind, o.order_id as id, o.status, o.status_since, {} as age\n\
+             from order_view o where o.status in ('created', 'pending', 'refund_pending')\n\
+             union all\n\
+             select 'refund', r.refund_id, r.status, r.status_since, {}\n\
+             from refund_view r where r.status in ('requested', 'submitted')\n\
+             union all\n\
+             select 'transfer', t.transfer_id, t.status, t.status_since, {}\n\
+             from seller_transfer_view t where t.status in ('failed', 'reversal_pending', 'pending')",
+            age_of("o.status_since"),
+            age_of("r.status_since"),
+            age_of("t.status_since")
+        ),
+    ]
+}
+
+/// The views' names, for dropping them before a swap.
+pub const VIEW_NAMES: [&str; 4] = [
+    "seller_balance",
+    "daily_money",
+    "seller_refund_rate",
+    "stuck_item",
+];
+
+/// The full DDL of the read models, as the migration holds it.
+pub fn migration_sql(dialect: Dialect) -> String {
+    let mut out = vec![checkpoint_table_sql(dialect)];
+    for m in ReadModel::ALL {
+        for t in m.tables() {
+            out.push(t.create_sql(dialect, false));
+            out.extend(t.index_sql(false));
+        }
+    }
+    out.extend(views_sql(dialect));
+    out.join(";\n\n") + ";\n"
+}
+
+/// Statements that drop (if present) and create the shadow tables of
+/// `models`, empty, with the shadow checkpoints removed.
+pub fn prepare_shadow_sql(dialect: Dialect, models: &[ReadModel]) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in models {
+        for t in m.tables() {
+            out.push(format!("drop table if exists {}", t.table_name(true)));
+            out.push(t.create_sql(dialect, true));
+            out.extend(t.index_sql(true));
+        }
+        out.push(format!(
+            "delete from projection_checkpoint where name = '{}'",
+            m.checkpoint_name(true)
+        ));
+    }
+    out
+}
+
+/// Statements of one atomic swap: views dropped, live tables dropped,
+/// shadows renamed (with their constraints and indexes), views recreated,
+/// and the shadow checkpoints become the live ones.
+pub fn swap_sql(dialect: Dialect, models: &[ReadModel]) -> Vec<String> {
+    let mut out: Vec<String> = VIEW_NAMES
+        .iter()
+        .map(|v| format!("drop view if exists {v}"))
+        .collect();
+    for m in models {
+        for t in m.tables() {
+            let live = t.table_name(false);
+            let shadow = t.table_name(true);
+            out.push(format!("drop table if exists {live}"));
+            out.push(format!("alter table {shadow} rename to {live}"));
+            match dialect {
+                Dialect::Postgres => {
+                    out.push(format!(
+                        "alter table {live} rename constraint {shadow}_pk to {live}_pk"
+                    ));
+                    for (name, _) in t.indexes {
+                        out.push(format!(
+                            "alter index {shadow}_{name} rename to {live}_{name}"
+                        ));
+                    }
+                }
+                Dialect::Sqlite => {
+                    // SQLite cannot rename an index: rebuild it under its
+                    // live name. (Constraint names inside a SQLite table are
+                    // labels only and need no renaming.)
+                    for (name, _) in t.indexes {
+                        out.push(format!("drop index {shadow}_{name}"));
+                    }
+                    out.extend(t.index_sql(false));
+                }
+            }
+        }
+        out.push(format!(
+            "delete from projection_checkpoint where name = '{}'",
+            m.checkpoint_name(false)
+        ));
+        out.push(format!(
+            "update projection_checkpoint set name = '{}' where name = '{}'",
+            m.checkpoint_name(false),
+            m.checkpoint_name(true)
+        ));
+    }
+    out.extend(views_sql(dialect));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PG: &str = include_str!("../../../migrations/postgres/20261127000010_read_models.sql");
+    const LITE: &str = include_str!("../../../migrations/sqlite/20261127000010_read_models.sql");
+
+    /// The migrations create exactly the tables a rebuild's shadows copy.
+    /// (Regenerate a NEW migration from `migration_sql` when the schema
+    /// changes; never edit a landed one.)
+    #[test]
+    fn migrations_match_the_schema_descriptions() {
+        let header = "-- Read models (generated from projections/src/readmodel/schema.rs).\n";
+        if std::env::var_os("LEDGER_WRITE_READ_MODEL_MIGRATIONS").is_some() {
+            let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations");
+            std::fs::write(
+                format!("{root}/postgres/20261127000010_read_models.sql"),
+                format!("{header}{}", migration_sql(Dialect::Postgres)),
+            )
+            .unwrap();
+            std::fs::write(
+                format!("{root}/sqlite/20261127000010_read_models.sql"),
+                format!("{header}{}", migration_sql(Dialect::Sqlite)),
+            )
+            .unwrap();
+            return;
+        }
+        assert_eq!(PG, format!("{header}{}", migration_sql(Dialect::Postgres)));
+        assert_eq!(LITE, format!("{header}{}", migration_sql(Dialect::Sqlite)));
+    }
+}
