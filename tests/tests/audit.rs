@@ -4,9 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{ledger, ok, pg_base, stdout};
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 
 use ledger_core::codec;
@@ -30,36 +34,6 @@ use ledger_store::{EventStore, READ_BATCH_MAX};
 use serde_json::Value;
 use sqlx::Connection;
 use uuid::Uuid;
-
-fn ledger(database_url: &str, args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ledger-e2e"))
-        .args(args)
-        .env("DATABASE_URL", database_url)
-        .env("RUST_LOG", "warn")
-        .current_dir(cwd)
-        .output()
-        .expect("spawn ledger")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        stdout(o),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    stdout(o)
-}
-
-fn pg_base() -> String {
-    std::env::var("LEDGER_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {

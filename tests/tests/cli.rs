@@ -3,45 +3,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{ledger, ok, pg_base, stderr};
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use sqlx::Connection;
 use uuid::Uuid;
-
-fn ledger(database_url: &str, args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ledger-e2e"))
-        .args(args)
-        .env("DATABASE_URL", database_url)
-        .env("RUST_LOG", "warn")
-        .current_dir(cwd)
-        .output()
-        .expect("spawn ledger")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    );
-    stdout(o)
-}
-
-fn pg_base() -> String {
-    std::env::var("LEDGER_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
 
 /// A fresh schema in the test database, as a DATABASE_URL.
 async fn fresh_pg_url() -> String {
