@@ -1,8 +1,6 @@
 //! One append = one call of the `ledger_append` SQL function.
 
-use std::time::SystemTime;
-
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use ledger_core::hash::{ContentFields, Hash, content_digest};
 use ledger_core::ids::StreamId;
 use ledger_core::{ExpectedVersion, NewEvent};
@@ -15,13 +13,6 @@ use crate::error::{AttemptError, append_error};
 
 const APPEND_SQL: &str = "select outcome, stream_version, global_position, event_type, payload \
      from ledger_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
-
-/// The time stamped on an append, cut to the microseconds Postgres keeps: the
-/// hash covers `recorded_at` in microseconds, so what is read back must be
-/// exactly what was hashed.
-pub(crate) fn recorded_now() -> DateTime<Utc> {
-    DateTime::<Utc>::from(SystemTime::now()).trunc_subsecs(6)
-}
 
 /// `ledger_append`'s encoding of [`ExpectedVersion`].
 fn expected_params(expected: ExpectedVersion) -> (&'static str, Option<i64>) {

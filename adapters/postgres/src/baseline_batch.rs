@@ -9,8 +9,8 @@ use ledger_store::{BASELINE_BATCH_ROWS_MAX, InputError, StoreError};
 use sqlx::QueryBuilder;
 
 use crate::PgStore;
-use crate::append::recorded_now;
 use crate::error::backend;
+use ledger_store::recorded_now;
 
 impl PgStore {
     pub(crate) async fn insert_baseline_batch(

@@ -9,9 +9,10 @@ use ledger_store::conformance::{ConformanceBackend, HeldAppend};
 use ledger_store::{AppendResult, RawInsertBaseline, StoreError, validate_events};
 use sqlx::postgres::PgTransaction;
 
-use crate::append::{append_with, recorded_now, with_retries};
+use crate::append::{append_with, with_retries};
 use crate::error::{AttemptError, backend};
 use crate::{PgStore, clamp_i64};
+use ledger_store::recorded_now;
 
 /// An append whose transaction has written its rows and stays open. Readers
 /// cannot see its events, and — being an open transaction with an xid — it

@@ -51,8 +51,9 @@ use ledger_store::{
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use crate::append::{append_with, recorded_now, with_retries};
+use crate::append::{append_with, with_retries};
 use crate::error::{AttemptError, backend, backend_redacted};
+use ledger_store::recorded_now;
 
 /// Most connections one store opens. Appends hold a connection for one round
 /// trip, so a handful saturates a Postgres server's commit rate; more would

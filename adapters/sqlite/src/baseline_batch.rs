@@ -7,7 +7,8 @@ use ledger_core::ids::StreamId;
 use ledger_store::{BASELINE_BATCH_ROWS_MAX, InputError, StoreError};
 use sqlx::QueryBuilder;
 
-use crate::{SqliteStore, backend, now_micros};
+use crate::{SqliteStore, backend};
+use ledger_store::recorded_now;
 
 impl SqliteStore {
     pub(crate) async fn insert_baseline_batch(
@@ -25,7 +26,7 @@ impl SqliteStore {
             return Ok(());
         }
         const NO_HASH: [u8; 32] = [0; 32];
-        let recorded_at = now_micros().timestamp_micros();
+        let recorded_at = recorded_now().timestamp_micros();
         let mut q = QueryBuilder::new(
             "insert into bench_raw_event \
              (stream_id, stream_version, event_id, event_type, schema_version, payload, metadata, recorded_at, prev_hash, hash) ",

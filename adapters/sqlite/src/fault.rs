@@ -8,7 +8,8 @@ use ledger_store::conformance::{ConformanceBackend, HeldAppend};
 use ledger_store::{AppendResult, RawInsertBaseline, StoreError, validate_events};
 use sqlx::{Sqlite, Transaction};
 
-use crate::{SqliteStore, append, backend, finish, now_micros, to_version_param};
+use crate::{SqliteStore, append, backend, finish, to_version_param};
+use ledger_store::recorded_now;
 
 /// An append whose rows are written in a `begin immediate` transaction that
 /// is still open: it holds the writer (in-process appends queue behind it)
@@ -39,7 +40,7 @@ impl ConformanceBackend for SqliteStore {
         events: Vec<NewEvent>,
     ) -> Result<Box<dyn HeldAppend>, StoreError> {
         validate_events(&events)?;
-        let recorded_at = now_micros();
+        let recorded_at = recorded_now();
         let mut tx = self.begin_write().await?;
         match append::append_in(&mut tx, stream, expected, &events, recorded_at).await {
             Ok(result) => Ok(Box::new(SqliteHeldAppend { tx, result })),
@@ -171,7 +172,7 @@ impl RawInsertBaseline for SqliteStore {
         .bind(i64::from(event.schema_version))
         .bind(event.payload.as_str())
         .bind(event.metadata.as_str())
-        .bind(now_micros().timestamp_micros())
+        .bind(recorded_now().timestamp_micros())
         .bind(&NO_HASH[..])
         .execute(&self.writer)
         .await

@@ -25,10 +25,11 @@ mod readmodel;
 mod row;
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
+
+use ledger_store::recorded_now;
 
 use async_trait::async_trait;
-use chrono::{DateTime, SubsecRound, Utc};
 use ledger_core::ids::StreamId;
 use ledger_core::{Checkpoint, ExpectedVersion, NewEvent, RecordedEvent};
 use ledger_store::{
@@ -189,7 +190,7 @@ impl EventStore for SqliteStore {
         events: &[NewEvent],
     ) -> Result<AppendResult, StoreError> {
         validate_events(events)?;
-        let recorded_at = now_micros();
+        let recorded_at = recorded_now();
         let mut tx = self.begin_write().await?;
         let outcome = append::append_in(&mut tx, stream, expected, events, recorded_at).await;
         finish(tx, outcome).await
@@ -197,7 +198,7 @@ impl EventStore for SqliteStore {
 
     async fn append_many(&self, batch: &[StreamAppend]) -> Result<Vec<AppendResult>, StoreError> {
         validate_batch(batch)?;
-        let recorded_at = now_micros();
+        let recorded_at = recorded_now();
         let mut tx = self.begin_write().await?;
         let mut results = Vec::with_capacity(batch.len());
         for part in batch {
@@ -316,12 +317,6 @@ async fn finish<T>(
             Err(e)
         }
     }
-}
-
-/// The time recorded with an event, at the precision the hash covers and the
-/// `recorded_at` column stores (microseconds).
-fn now_micros() -> DateTime<Utc> {
-    DateTime::<Utc>::from(SystemTime::now()).trunc_subsecs(6)
 }
 
 /// A version as the `integer` column stores it. Past `i64::MAX` the stream

@@ -149,6 +149,15 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<Vec<RecordedEvent>, StoreError>;
 }
 
+/// `recorded_at` for a new event: the store's one clock read, truncated to
+/// microseconds because every backend stores microseconds and the hash
+/// covers them (a finer value would not round-trip). `SystemTime` rather than
+/// `Utc::now()`, which needs chrono's clock feature.
+pub fn recorded_now() -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound;
+    chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now()).trunc_subsecs(6)
+}
+
 /// Checks one append's events against the store's input rules.
 pub fn validate_events(events: &[NewEvent]) -> Result<(), InputError> {
     if events.is_empty() {

@@ -20,10 +20,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Bound;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::SystemTime;
 
 use async_trait::async_trait;
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use ledger_core::hash::{ContentFields, GENESIS, chain, content_digest};
 use ledger_core::ids::{EventId, StreamId};
 use ledger_core::{Checkpoint, ExpectedVersion, NewEvent, RecordedEvent};
@@ -32,7 +31,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use crate::conformance::{ConformanceBackend, HeldAppend};
 use crate::{
     AppendResult, EventStore, READ_BATCH_MAX, StoreError, StreamAppend, classify_reappend,
-    expected_holds, validate_batch, validate_events,
+    expected_holds, recorded_now, validate_batch, validate_events,
 };
 
 /// In-memory [`EventStore`]. Clones share the same log.
@@ -110,13 +109,6 @@ impl MemoryStore {
             events: events.to_vec(),
         }]
     }
-}
-
-/// Now, truncated to the microseconds every backend stores and hashes.
-fn recorded_now() -> DateTime<Utc> {
-    // `SystemTime` rather than `Utc::now()`: the workspace builds chrono
-    // without its clock feature, and this is the store's one clock read.
-    DateTime::<Utc>::from(SystemTime::now()).trunc_subsecs(6)
 }
 
 // Lock poisoning would mean a panic while a guard was held. Every mutation
