@@ -24,9 +24,9 @@ pub const DEFAULT_BENCH_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432
 pub const BENCH_SCHEMA: &str = "ledger_bench";
 /// Each path runs in this many alternating rounds so drift on a noisy machine
 /// hits both paths alike.
-const ROUNDS: u32 = 2;
+pub(crate) const ROUNDS: u32 = 2;
 /// Untimed warm-up per path (fills the pool, warms caches and plans).
-const WARMUP: Duration = Duration::from_millis(500);
+pub(crate) const WARMUP: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, Copy)]
 pub struct AppendBenchOptions {
@@ -35,7 +35,7 @@ pub struct AppendBenchOptions {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Path {
+pub(crate) enum Path {
     RawInsert,
     LedgerAppend,
 }
@@ -49,7 +49,24 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn merge(&mut self, other: Stats) {
+    pub(crate) fn record(&mut self, latency: Duration) {
+        self.latencies_us
+            .push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    pub(crate) fn error(&mut self) {
+        self.errors += 1;
+    }
+
+    pub(crate) fn errors(&self) -> u64 {
+        self.errors
+    }
+
+    pub(crate) fn set_elapsed(&mut self, elapsed: Duration) {
+        self.elapsed = elapsed;
+    }
+
+    pub(crate) fn merge(&mut self, other: Stats) {
         self.latencies_us.extend(other.latencies_us);
         self.elapsed += other.elapsed;
         self.errors += other.errors;
@@ -150,7 +167,7 @@ async fn one_op(backend: &Backend, path: Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_phase(
+pub(crate) async fn run_phase(
     backend: Arc<Backend>,
     path: Path,
     writers: u32,

@@ -32,6 +32,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the HTTP API, the projectors and the workers (config from env:
+    /// APP_ENV, LISTEN_ADDR, LEDGER_API_TOKEN, … — see README).
+    Serve,
     /// Apply pending database migrations (also done at start-up).
     Migrate,
     /// Print a stream's history and the folded state after each event.
@@ -133,6 +136,22 @@ pub enum BenchCommand {
     /// Generate a realistic history, then time a full read-model rebuild and
     /// a verify pass beside a raw batched INSERT of as many rows.
     Project(BenchProjectArgs),
+    /// POST /v1/orders and signed webhooks over loopback HTTP vs raw
+    /// single-row INSERT through the same pool, in the same run.
+    Http(HttpBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HttpBenchArgs {
+    /// Backend to measure (scratch schema or file, as for `bench append`).
+    #[arg(long, value_enum)]
+    pub store: BenchStore,
+    /// Concurrent HTTP clients (and baseline writers).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub clients: u32,
+    /// Seconds per timed path.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub duration: u64,
 }
 
 #[derive(Debug, Args)]
@@ -204,6 +223,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (_, backend) = open_migrated(database_url).await?;
             crate::rebuild::run(&backend, &args.projection).await
         }
+        Command::Serve => crate::serve::run(database_url).await,
         Command::Project(args) => {
             let (_, backend) = open_migrated(database_url).await?;
             crate::project::run(&backend, args.once).await
@@ -211,6 +231,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::TrialBalance(args) => {
             let (_, backend) = open_migrated(database_url).await?;
             crate::trial_balance::run(backend.events(), args.as_of.as_deref(), args.json).await
+        }
+        Command::Bench(BenchCommand::Http(args)) => {
+            let opts = crate::bench_http::HttpBenchOptions {
+                clients: args.clients,
+                duration: Duration::from_secs(args.duration),
+            };
+            crate::bench_http::http(args.store, database_url, opts).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Project(args)) => {
             bench::project(args.store, database_url, args.events, args.seed).await?;

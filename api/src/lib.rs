@@ -7,13 +7,17 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod bench;
+pub mod bench_http;
 pub mod cli;
+pub mod config;
 pub mod demo;
 pub mod export;
+pub mod http;
 pub mod logging;
 pub mod project;
 pub mod rebuild;
 pub mod replay;
+pub mod serve;
 pub mod store;
 pub mod trial_balance;
 pub mod verify;

@@ -248,9 +248,10 @@ pub fn transfer_id(order: OrderId, seller: &SellerId) -> TransferId {
     TransferId(Uuid::new_v5(&order.0, seller.as_str().as_bytes()))
 }
 
+const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+
 /// Crockford base32 (lower-case) of a UUID's 128 bits: 26 characters.
 fn base32_uuid(id: Uuid) -> String {
-    const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
     let mut value = id.as_u128();
     let mut out = [b'0'; 26];
     for slot in out.iter_mut().rev() {
@@ -259,6 +260,43 @@ fn base32_uuid(id: Uuid) -> String {
         value >>= 5;
     }
     out.iter().map(|b| char::from(*b)).collect()
+}
+
+/// The inverse of [`base32_uuid`]: `None` unless `text` is exactly what
+/// `base32_uuid` prints for some UUID (26 alphabet characters, top 2 bits
+/// zero), so foreign ids never alias a ledger id.
+fn uuid_from_base32(text: &str) -> Option<Uuid> {
+    if text.len() != 26 {
+        return None;
+    }
+    let mut value: u128 = 0;
+    for (i, b) in text.bytes().enumerate() {
+        let digit = ALPHABET.iter().position(|a| *a == b)? as u128;
+        // 26 * 5 = 130 bits: the first digit may only carry the top 3 bits.
+        if i == 0 && digit > 0b111 {
+            return None;
+        }
+        value = (value << 5) | digit;
+    }
+    Some(Uuid::from_u128(value))
+}
+
+/// The order a Hyperswitch `payment_id` belongs to, when the ledger made it
+/// with [`payment_id_for`]; `None` for any other id.
+pub fn order_id_from_payment_id(payment_id: &str) -> Option<OrderId> {
+    payment_id
+        .strip_prefix("pay_")
+        .and_then(uuid_from_base32)
+        .map(OrderId)
+}
+
+/// The refund a Hyperswitch `refund_id` belongs to, when the ledger made it
+/// with [`psp_refund_id_for`]; `None` for any other id.
+pub fn refund_id_from_psp_refund_id(psp_refund_id: &str) -> Option<RefundId> {
+    psp_refund_id
+        .strip_prefix("ref_")
+        .and_then(uuid_from_base32)
+        .map(RefundId)
 }
 
 /// Hyperswitch `payment_id` for an order: `pay_` + 26 = 30 characters.
@@ -285,6 +323,36 @@ mod tests {
         let r = psp_refund_id_for(RefundId(Uuid::from_u128(7)));
         assert_eq!(r.as_str().len(), PSP_ID_MAX);
         assert!(r.as_str().starts_with("ref_"));
+    }
+
+    #[test]
+    fn psp_ids_decode_back_to_ledger_ids_and_nothing_else() {
+        for n in [0u128, 1, 7, u128::MAX, u128::MAX / 3] {
+            let order = OrderId(Uuid::from_u128(n));
+            assert_eq!(
+                order_id_from_payment_id(payment_id_for(order).as_str()),
+                Some(order)
+            );
+            let refund = RefundId(Uuid::from_u128(n));
+            assert_eq!(
+                refund_id_from_psp_refund_id(psp_refund_id_for(refund).as_str()),
+                Some(refund)
+            );
+        }
+        assert_eq!(order_id_from_payment_id("pay_6AMmb6rtlPDarBLlotAH"), None);
+        assert_eq!(
+            order_id_from_payment_id("ref_00000000000000000000000000"),
+            None
+        );
+        // Top digit over 0b111 would need 131 bits.
+        assert_eq!(
+            order_id_from_payment_id("pay_80000000000000000000000000"),
+            None
+        );
+        assert_eq!(
+            order_id_from_payment_id("pay_0000000000000000000000000u"),
+            None
+        );
     }
 
     #[test]

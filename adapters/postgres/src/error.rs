@@ -14,11 +14,13 @@ use crate::append::event_id_in;
 /// Named in the migration. Violated when a concurrent append to the same
 /// stream committed the version this one tried to write.
 const EVENT_PK: &str = "event_pk";
-/// Named in the migration. Violated when a concurrent append of the same ids
-/// committed first.
+/// Named in the first migration and dropped by `20261127000020` (ids stay
+/// unique through `event_pk`, see `append.rs`). Kept so that a database not
+/// yet migrated still reports a race of the same ids as one.
 const EVENT_ID_UNIQUE: &str = "event_stream_event_id_uq";
-/// Raised by `ledger_append` when the transaction's xid is older than the
-/// stream head's writer (see the migration); a fresh transaction succeeds.
+/// Raised by `ledger_append` (direct SQL callers) when the transaction's xid
+/// is older than the stream head's writer; a fresh transaction succeeds. The
+/// adapter's own statements report that case by writing nothing instead.
 const SERIALIZATION_FAILURE: &str = "40001";
 
 /// Any sqlx error as a transient [`StoreError::Backend`].

@@ -3,13 +3,16 @@
 //! checkpoint commit in one transaction.
 //!
 //! The statements come from `ledger_projections::readmodel::schema`; this
-//! file only runs them. Checkpoint rows are locked (`for update`) before the
+//! file only runs them, binding each written column as one typed array
+//! (`unnest` expands them: one statement per table per batch). Checkpoint rows are locked (`for update`) before the
 //! compare-and-set, so two projectors (or a projector and a rebuild's swap)
 //! never both apply the same batch.
 
 use async_trait::async_trait;
 use ledger_core::Checkpoint;
-use ledger_projections::readmodel::{Batch, Dialect, ReadModelError, ReadModelStore};
+use ledger_projections::readmodel::{
+    Batch, Dialect, ReadModelError, ReadModelStore, Values, Write,
+};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
 use crate::PgStore;
@@ -50,6 +53,25 @@ async fn stored_checkpoint(
         .transpose()
 }
 
+/// One statement for all of a write's rows: a typed array per column.
+async fn write(tx: &mut Transaction<'static, Postgres>, w: Write) -> Result<(), ReadModelError> {
+    let rows = w.rows();
+    let mut query = sqlx::query(AssertSqlSafe(w.table.write_sql(
+        Dialect::Postgres,
+        w.shadow,
+        rows,
+    )));
+    for column in w.columns {
+        query = match column {
+            Values::Text(v) => query.bind(v),
+            Values::Int(v) => query.bind(v),
+            Values::Ts(v) => query.bind(v),
+        };
+    }
+    query.execute(&mut **tx).await.map_err(backend)?;
+    Ok(())
+}
+
 #[async_trait]
 impl ReadModelStore for PgStore {
     fn dialect(&self) -> Dialect {
@@ -71,7 +93,7 @@ impl ReadModelStore for PgStore {
             .map_err(backend)
     }
 
-    async fn apply_batch(&self, batch: &Batch) -> Result<(), ReadModelError> {
+    async fn apply_batch(&self, batch: Batch) -> Result<(), ReadModelError> {
         let mut tx = self.pool().begin().await.map_err(backend)?;
         for mv in &batch.checkpoints {
             let found = stored_checkpoint(&mut tx, &mv.name, true).await?;
@@ -83,12 +105,8 @@ impl ReadModelStore for PgStore {
                 });
             }
         }
-        for w in &batch.writes {
-            sqlx::query(AssertSqlSafe(w.sql.clone()))
-                .bind(w.param.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
+        for w in batch.writes {
+            write(&mut tx, w).await?;
         }
         if batch.fail_before_checkpoint {
             // Dropping the transaction rolls the row writes back.

@@ -21,8 +21,12 @@
 mod append;
 mod baseline_batch;
 mod fault;
+mod idempotency;
+mod query;
 mod readmodel;
 mod row;
+mod webhook_log;
+mod work;
 
 use std::path::Path;
 use std::time::Duration;

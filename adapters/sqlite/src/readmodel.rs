@@ -4,11 +4,20 @@
 //! checkpoint compare-and-set against every other writer).
 //!
 //! The statements come from `ledger_projections::readmodel::schema`; this
-//! file only runs them.
+//! file only runs them: multi-row `values` statements of
+//! `rows_per_statement` rows with typed binds, prepared once per connection
+//! and reused (sqlx's statement cache) for every full chunk.
 
 use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use chrono::{DateTime, Utc};
 use ledger_core::Checkpoint;
-use ledger_projections::readmodel::{Batch, Dialect, ReadModelError, ReadModelStore};
+use ledger_projections::readmodel::fold::format_ts;
+use ledger_projections::readmodel::{
+    Batch, Dialect, ReadModelError, ReadModelStore, Values, Write,
+};
 use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 
 use crate::SqliteStore;
@@ -43,6 +52,95 @@ async fn stored_checkpoint(
         .transpose()
 }
 
+/// Pragmas set on the writer before every batch (outside the transaction, as
+/// `temp_store` requires; both stay set on the connection):
+/// - `temp_store = memory`: a multi-row statement inside a transaction keeps
+///   a statement journal (to undo just that statement); in a temp file, as
+///   SQLite defaults to, every page it touches costs a write syscall.
+/// - `cache_size`: [`WRITER_CACHE_KIB`]; SQLite's default 2 MiB makes a
+///   large batch spill dirty pages to the WAL mid-transaction and re-read
+///   index pages it just evicted.
+fn writer_pragmas() -> String {
+    format!("pragma temp_store = memory; pragma cache_size = -{WRITER_CACHE_KIB}")
+}
+
+/// The writer's page cache once it applies read-model batches, in KiB: a
+/// rebuild's batch of tens of thousands of rows touches a few tens of MiB
+/// of table and index pages.
+pub const WRITER_CACHE_KIB: u32 = 65_536;
+
+/// Statement texts of full chunks, per (table, shadow): built once per
+/// process (each is `rows_per_statement` tuples long).
+/// Generated statement text per (table, shadow).
+type SqlCache = HashMap<(&'static str, bool), Arc<str>>;
+
+static FULL_CHUNK_SQL: LazyLock<Mutex<SqlCache>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn full_chunk_sql(w: &Write) -> Result<Arc<str>, ReadModelError> {
+    let mut cache = FULL_CHUNK_SQL
+        .lock()
+        .map_err(|_| ReadModelError::Backend("statement cache poisoned".to_owned()))?;
+    Ok(Arc::clone(
+        cache.entry((w.table.name, w.shadow)).or_insert_with(|| {
+            let per = w.table.rows_per_statement(Dialect::Sqlite);
+            w.table.write_sql(Dialect::Sqlite, w.shadow, per).into()
+        }),
+    ))
+}
+
+/// A column's values, taken in row order.
+enum Column {
+    Text(std::vec::IntoIter<Option<String>>),
+    Int(std::vec::IntoIter<Option<i64>>),
+    Ts(std::vec::IntoIter<Option<DateTime<Utc>>>),
+}
+
+/// A write's rows in statements of `rows_per_statement` rows, bound
+/// row-major. Full chunks share one statement text (prepared once, cached);
+/// the shorter last chunk is not cached, so its one-off shape never evicts
+/// the reused ones.
+async fn write(tx: &mut Transaction<'static, Sqlite>, w: Write) -> Result<(), ReadModelError> {
+    let rows = w.rows();
+    let per = w.table.rows_per_statement(Dialect::Sqlite);
+    let full = full_chunk_sql(&w)?;
+    let mut columns: Vec<Column> = w
+        .columns
+        .into_iter()
+        .map(|c| match c {
+            Values::Text(v) => Column::Text(v.into_iter()),
+            Values::Int(v) => Column::Int(v.into_iter()),
+            Values::Ts(v) => Column::Ts(v.into_iter()),
+        })
+        .collect();
+    let mut done = 0;
+    while done < rows {
+        let n = per.min(rows - done);
+        let mut query = if n == per {
+            sqlx::query(AssertSqlSafe(Arc::clone(&full)))
+        } else {
+            sqlx::query(AssertSqlSafe(w.table.write_sql(
+                Dialect::Sqlite,
+                w.shadow,
+                n,
+            )))
+            .persistent(false)
+        };
+        for _ in 0..n {
+            for c in &mut columns {
+                query = match c {
+                    Column::Text(v) => query.bind(v.next().flatten()),
+                    Column::Int(v) => query.bind(v.next().flatten()),
+                    Column::Ts(v) => query.bind(v.next().flatten().as_ref().map(format_ts)),
+                };
+            }
+        }
+        query.execute(&mut **tx).await.map_err(backend)?;
+        done += n;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl ReadModelStore for SqliteStore {
     fn dialect(&self) -> Dialect {
@@ -68,7 +166,16 @@ impl ReadModelStore for SqliteStore {
             .map_err(backend)
     }
 
-    async fn apply_batch(&self, batch: &Batch) -> Result<(), ReadModelError> {
+    async fn apply_batch(&self, batch: Batch) -> Result<(), ReadModelError> {
+        // Multi-row statements inside a transaction keep a statement journal
+        // (to undo just the failing statement); in a temp file, as SQLite
+        // defaults to, it costs a write syscall per page touched. In memory
+        // it is a copy. Set on the writer (the pool's one connection)
+        // outside the transaction, as SQLite requires; it stays set.
+        sqlx::raw_sql(AssertSqlSafe(writer_pragmas()))
+            .execute(self.pool())
+            .await
+            .map_err(backend)?;
         let mut tx = self
             .begin_write()
             .await
@@ -83,12 +190,8 @@ impl ReadModelStore for SqliteStore {
                 });
             }
         }
-        for w in &batch.writes {
-            sqlx::query(AssertSqlSafe(w.sql.clone()))
-                .bind(w.param.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
+        for w in batch.writes {
+            write(&mut tx, w).await?;
         }
         if batch.fail_before_checkpoint {
             // Dropping the transaction rolls the row writes back.

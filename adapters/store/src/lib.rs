@@ -9,7 +9,12 @@
 
 pub mod conformance;
 pub mod handle;
+pub mod idempotency;
 pub mod memory;
+pub mod ports_conformance;
+pub mod webhook_log;
+pub mod work;
+pub mod work_conformance;
 
 use std::collections::HashSet;
 

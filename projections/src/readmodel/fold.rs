@@ -8,9 +8,9 @@
 //!   a second creation, a line the order does not have, an overflowing sum)
 //!   is a [`FoldError`]: the projection stops there, it never skips.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, SubsecRound, Timelike, Utc};
 use ledger_core::RecordedEvent;
 use ledger_core::events::AnyEvent;
 use ledger_core::order::{OrderEvent, OrderStatus};
@@ -19,7 +19,8 @@ use ledger_core::refund::{RefundEvent, RefundStatus};
 use ledger_core::transfer::{TransferEvent, TransferStatus};
 use serde::{Deserialize, Serialize};
 
-use super::schema::ReadModel;
+use super::Values;
+use super::schema::{ColType, ReadModel, Table};
 
 /// Timestamps as fixed-width RFC 3339 text (sorts as text on SQLite, parses
 /// as `timestamptz` on Postgres); reads any RFC 3339 offset back.
@@ -27,6 +28,7 @@ mod ts {
     use chrono::{DateTime, Utc};
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Also what [`super::format_ts`] writes, faster.
     pub const FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.6fZ";
 
     pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
@@ -229,9 +231,9 @@ pub struct FoldError {
 /// "known not to exist" (loaded and absent).
 #[derive(Debug, Default)]
 pub struct Images {
-    pub orders: BTreeMap<String, Option<OrderImage>>,
-    pub refunds: BTreeMap<String, Option<RefundRow>>,
-    pub transfers: BTreeMap<String, Option<TransferRow>>,
+    pub orders: HashMap<String, Option<OrderImage>>,
+    pub refunds: HashMap<String, Option<RefundRow>>,
+    pub transfers: HashMap<String, Option<TransferRow>>,
 }
 
 impl Images {
@@ -259,7 +261,8 @@ pub struct Changes {
     pub transfers: BTreeSet<String>,
     pub entries: Vec<JournalEntryRow>,
     pub postings: Vec<PostingRow>,
-    pub balances: BTreeMap<(String, String), (i64, i64)>,
+    /// Account → currency → (debit, credit) deltas.
+    pub balances: BTreeMap<String, BTreeMap<String, (i64, i64)>>,
     pub anomalies: Vec<AnomalyRow>,
 }
 
@@ -286,6 +289,296 @@ pub fn is_creation(event: &AnyEvent) -> bool {
     )
 }
 
+/// A set of read models as bits: which models an event applies to is
+/// decided per event, so it must not allocate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelSet(u8);
+
+impl ModelSet {
+    const fn bit(m: ReadModel) -> u8 {
+        1 << (m as u8)
+    }
+
+    pub fn contains(self, m: ReadModel) -> bool {
+        self.0 & Self::bit(m) != 0
+    }
+
+    pub fn insert(&mut self, m: ReadModel) {
+        self.0 |= Self::bit(m);
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl FromIterator<ReadModel> for ModelSet {
+    fn from_iter<I: IntoIterator<Item = ReadModel>>(iter: I) -> Self {
+        let mut set = ModelSet::default();
+        for m in iter {
+            set.insert(m);
+        }
+        set
+    }
+}
+
+/// [`ts::FORMAT`] (`YYYY-MM-DDTHH:MM:SS.ffffffZ`, fractional digits
+/// truncated), written by hand: chrono re-parses its format string on every
+/// call, and a rebuild formats every timestamp it writes to SQLite.
+pub fn format_ts(t: &DateTime<Utc>) -> String {
+    let year = t.year();
+    let nanos = t.nanosecond();
+    // Years chrono writes with a sign or more digits, and leap seconds, take
+    // chrono's own path.
+    let (Ok(year), true) = (u32::try_from(year), nanos < 1_000_000_000) else {
+        return t.format(ts::FORMAT).to_string();
+    };
+    if year > 9999 {
+        return t.format(ts::FORMAT).to_string();
+    }
+    let mut s = String::with_capacity(27);
+    let mut num = |v: u32, width: u32, after: Option<char>| {
+        let mut div = 10_u32.pow(width.saturating_sub(1));
+        while div > 0 {
+            s.push(char::from_digit((v / div) % 10, 10).unwrap_or('0'));
+            div /= 10;
+        }
+        if let Some(c) = after {
+            s.push(c);
+        }
+    };
+    num(year, 4, Some('-'));
+    num(t.month(), 2, Some('-'));
+    num(t.day(), 2, Some('T'));
+    num(t.hour(), 2, Some(':'));
+    num(t.minute(), 2, Some(':'));
+    num(t.second(), 2, Some('.'));
+    num(nanos / 1_000, 6, Some('Z'));
+    s
+}
+
+/// Builds one table's typed columns, row by row in the table's column
+/// order. A value of the wrong type for its column (a row type drifting
+/// from its [`Table`]) is an error, never a coercion.
+#[derive(Debug)]
+pub struct RowBuilder {
+    table: &'static str,
+    cols: Vec<Values>,
+    at: usize,
+    error: Option<String>,
+}
+
+impl RowBuilder {
+    pub fn new(table: &Table, capacity: usize) -> Self {
+        RowBuilder {
+            table: table.name,
+            cols: table
+                .columns
+                .iter()
+                .map(|c| Values::with_capacity(c.ty, capacity))
+                .collect(),
+            at: 0,
+            error: None,
+        }
+    }
+
+    fn fail(&mut self, reason: String) {
+        if self.error.is_none() {
+            self.error = Some(format!("table {}: {reason}", self.table));
+        }
+    }
+
+    fn slot(&mut self, want: ColType) -> Option<&mut Values> {
+        let i = self.at;
+        self.at += 1;
+        match self.cols.get(i).map(Values::col_type) {
+            Some(ty) if ty == want => self.cols.get_mut(i),
+            found => {
+                self.fail(format!("column {i} is {found:?}, the row gives {want:?}"));
+                None
+            }
+        }
+    }
+
+    pub fn opt_text(&mut self, v: Option<String>) {
+        if let Some(Values::Text(c)) = self.slot(ColType::Text) {
+            c.push(v);
+        }
+    }
+
+    pub fn text(&mut self, v: String) {
+        self.opt_text(Some(v));
+    }
+
+    pub fn int(&mut self, v: i64) {
+        if let Some(Values::Int(c)) = self.slot(ColType::Int) {
+            c.push(Some(v));
+        }
+    }
+
+    /// Truncated to whole microseconds, which both backends store.
+    pub fn opt_ts(&mut self, v: Option<DateTime<Utc>>) {
+        if let Some(Values::Ts(c)) = self.slot(ColType::Ts) {
+            c.push(v.map(|t| t.trunc_subsecs(6)));
+        }
+    }
+
+    pub fn ts(&mut self, v: DateTime<Utc>) {
+        self.opt_ts(Some(v));
+    }
+
+    pub fn push<R: IntoRow>(&mut self, row: R) {
+        row.push_into(self);
+        if self.at != self.cols.len() {
+            let at = self.at;
+            self.fail(format!("a row gave {at} of {} columns", self.cols.len()));
+        }
+        self.at = 0;
+    }
+
+    pub fn finish(self) -> Result<Vec<Values>, String> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self.cols),
+        }
+    }
+}
+
+/// A row that writes itself into a [`RowBuilder`], in its table's column
+/// order (the unit tests check each against its JSON form and its table).
+pub trait IntoRow {
+    fn push_into(self, b: &mut RowBuilder);
+}
+
+impl IntoRow for &OrderRow {
+    fn push_into(self, b: &mut RowBuilder) {
+        b.text(self.order_id.clone());
+        b.text(self.status.clone());
+        b.text(self.buyer_id.clone());
+        b.text(self.currency.clone());
+        b.int(self.total_minor);
+        b.int(self.captured_minor);
+        b.int(self.refunded_minor);
+        b.int(self.fee_minor);
+        b.opt_text(self.payment_id.clone());
+        b.ts(self.created_at);
+        b.ts(self.updated_at);
+        b.ts(self.status_since);
+        b.int(self.stream_version);
+    }
+}
+
+impl IntoRow for &OrderLineRow {
+    fn push_into(self, b: &mut RowBuilder) {
+        b.text(self.order_id.clone());
+        b.text(self.product_id.clone());
+        b.text(self.seller_id.clone());
+        b.text(self.seller_account.clone());
+        b.text(self.currency.clone());
+        b.int(self.unit_amount_minor);
+        b.int(self.quantity);
+        b.int(self.total_minor);
+        b.int(self.fee_minor);
+        b.int(self.seller_minor);
+        b.text(self.refund_state.clone());
+        b.opt_text(self.refund_id.clone());
+    }
+}
+
+impl IntoRow for &RefundRow {
+    fn push_into(self, b: &mut RowBuilder) {
+        b.text(self.refund_id.clone());
+        b.text(self.status.clone());
+        b.text(self.order_id.clone());
+        b.text(self.payment_id.clone());
+        b.int(self.amount_minor);
+        b.text(self.currency.clone());
+        b.text(self.lines.clone());
+        b.text(self.reason.clone());
+        b.opt_text(self.hyperswitch_refund_id.clone());
+        b.opt_text(self.failure.clone());
+        b.opt_text(self.error_message.clone());
+        b.ts(self.requested_at);
+        b.ts(self.updated_at);
+        b.ts(self.status_since);
+        b.int(self.stream_version);
+    }
+}
+
+impl IntoRow for &TransferRow {
+    fn push_into(self, b: &mut RowBuilder) {
+        b.text(self.transfer_id.clone());
+        b.text(self.status.clone());
+        b.text(self.order_id.clone());
+        b.text(self.seller_id.clone());
+        b.text(self.destination.clone());
+        b.text(self.currency.clone());
+        b.int(self.scheduled_minor);
+        b.int(self.amount_minor);
+        b.int(self.transferred_minor);
+        b.int(self.amount_reversed_minor);
+        b.opt_text(self.stripe_transfer_id.clone());
+        b.opt_text(self.stripe_reversal_id.clone());
+        b.int(self.attempt);
+        b.int(self.retry_count);
+        b.int(self.reversal_retry_count);
+        b.opt_ts(self.next_retry_at);
+        b.opt_text(self.last_error.clone());
+        b.ts(self.created_at);
+        b.ts(self.updated_at);
+        b.ts(self.status_since);
+        b.int(self.stream_version);
+    }
+}
+
+impl IntoRow for JournalEntryRow {
+    fn push_into(self, b: &mut RowBuilder) {
+        b.text(self.entry_id);
+        b.text(self.source_event_id);
+        b.text(self.event_type);
+        b.text(self.stream_id);
+        b.int(self.stream_version);
+        b.int(self.global_position);
+        b.text(self.currency);
+        b.text(self.description);
+        b.ts(self.recorded_at);
+    }
+}
+
+impl IntoRow for PostingRow {
+    fn push_into(self, b: &mut RowBuilder) {
+        b.text(self.entry_id);
+        b.int(self.leg);
+        b.text(self.account);
+        b.text(self.side);
+        b.int(self.amount_minor);
+        b.text(self.currency);
+        b.text(self.event_type);
+        b.ts(self.recorded_at);
+    }
+}
+
+impl IntoRow for AccountBalanceRow {
+    fn push_into(self, b: &mut RowBuilder) {
+        b.text(self.account);
+        b.text(self.currency);
+        b.int(self.debit_minor);
+        b.int(self.credit_minor);
+    }
+}
+
+impl IntoRow for AnomalyRow {
+    fn push_into(self, b: &mut RowBuilder) {
+        b.text(self.stream_id);
+        b.int(self.stream_version);
+        b.text(self.event_type);
+        b.text(self.kind);
+        b.text(self.details);
+        b.ts(self.at);
+        b.int(self.global_position);
+    }
+}
+
 fn json_str<T: Serialize>(value: &T) -> String {
     match serde_json::to_value(value) {
         Ok(serde_json::Value::String(s)) => s,
@@ -298,9 +591,29 @@ fn version_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// The image slot of `id`, created empty (`None`) when unknown; allocates
+/// the key only then.
+fn slot<'a, T>(
+    map: &'a mut HashMap<String, Option<T>>,
+    id: &str,
+) -> Result<&'a mut Option<T>, String> {
+    if !map.contains_key(id) {
+        map.insert(id.to_owned(), None);
+    }
+    map.get_mut(id)
+        .ok_or_else(|| format!("{id} is missing from the image cache"))
+}
+
+/// Marks `id` dirty, allocating only the first time.
+fn mark(set: &mut BTreeSet<String>, id: &str) {
+    if !set.contains(id) {
+        set.insert(id.to_owned());
+    }
+}
+
 /// Applies one event to the models in `models`.
 pub fn apply(
-    models: &BTreeSet<ReadModel>,
+    models: ModelSet,
     recorded: &RecordedEvent,
     event: &AnyEvent,
     images: &mut Images,
@@ -312,32 +625,50 @@ pub fn apply(
         reason,
     };
     let id = entity_of(recorded.stream_id.as_str())
-        .map(|(_, id)| id.to_owned())
+        .map(|(_, id)| id)
         .ok_or_else(|| fail("stream of no known kind".to_owned()))?;
     let version = version_i64(recorded.stream_version);
     let at = event_at(event);
     match event {
-        AnyEvent::Order(e) if models.contains(&ReadModel::Orders) => {
-            let slot = images.orders.entry(id.clone()).or_default();
-            apply_order(slot, &id, version, at, e).map_err(fail)?;
-            changes.orders.insert(id);
+        AnyEvent::Order(e) if models.contains(ReadModel::Orders) => {
+            apply_order(
+                slot(&mut images.orders, id).map_err(fail)?,
+                id,
+                version,
+                at,
+                e,
+            )
+            .map_err(fail)?;
+            mark(&mut changes.orders, id);
         }
-        AnyEvent::Refund(e) if models.contains(&ReadModel::Refunds) => {
-            let slot = images.refunds.entry(id.clone()).or_default();
-            apply_refund(slot, &id, version, at, e).map_err(fail)?;
-            changes.refunds.insert(id);
+        AnyEvent::Refund(e) if models.contains(ReadModel::Refunds) => {
+            apply_refund(
+                slot(&mut images.refunds, id).map_err(fail)?,
+                id,
+                version,
+                at,
+                e,
+            )
+            .map_err(fail)?;
+            mark(&mut changes.refunds, id);
         }
-        AnyEvent::Transfer(e) if models.contains(&ReadModel::Transfers) => {
-            let slot = images.transfers.entry(id.clone()).or_default();
-            apply_transfer(slot, &id, version, at, e).map_err(fail)?;
-            changes.transfers.insert(id);
+        AnyEvent::Transfer(e) if models.contains(ReadModel::Transfers) => {
+            apply_transfer(
+                slot(&mut images.transfers, id).map_err(fail)?,
+                id,
+                version,
+                at,
+                e,
+            )
+            .map_err(fail)?;
+            mark(&mut changes.transfers, id);
         }
         _ => {}
     }
-    if models.contains(&ReadModel::Journal) {
+    if models.contains(ReadModel::Journal) {
         journal(recorded, event, changes).map_err(fail)?;
     }
-    if models.contains(&ReadModel::Anomalies)
+    if models.contains(ReadModel::Anomalies)
         && let Some(kind) = anomaly_kind(event)
     {
         changes.anomalies.push(AnomalyRow {
@@ -370,10 +701,19 @@ fn journal(
                 Side::Debit => "debit",
                 Side::Credit => "credit",
             };
-            let delta = changes
+            if !changes.balances.contains_key(&account) {
+                changes.balances.insert(account.clone(), BTreeMap::new());
+            }
+            let per_currency = changes
                 .balances
-                .entry((account.clone(), currency.clone()))
-                .or_insert((0, 0));
+                .get_mut(&account)
+                .ok_or_else(|| format!("balance of {account} went missing"))?;
+            if !per_currency.contains_key(&currency) {
+                per_currency.insert(currency.clone(), (0, 0));
+            }
+            let delta = per_currency
+                .get_mut(&currency)
+                .ok_or_else(|| format!("balance of {account} went missing"))?;
             let total = match p.side {
                 Side::Debit => &mut delta.0,
                 Side::Credit => &mut delta.1,
@@ -836,5 +1176,292 @@ fn reversal_outcome(fully: bool) -> TransferStatus {
         TransferStatus::Reversed
     } else {
         TransferStatus::PartiallyReversed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::schema::{
+        ACCOUNT_BALANCE, ANOMALY, JOURNAL_ENTRY, ORDER_LINE_VIEW, ORDER_VIEW, POSTING, REFUND_VIEW,
+        SELLER_TRANSFER_VIEW,
+    };
+    use super::*;
+    use chrono::TimeZone;
+    use serde_json::{Value, json};
+
+    fn at(secs: i64, nanos: u32) -> DateTime<Utc> {
+        Utc.timestamp_opt(secs, nanos).single().unwrap()
+    }
+
+    /// The typed columns as the JSON objects the row's serde form gives
+    /// (timestamps in the stored text format): what the old JSON write
+    /// expanded server-side, so typed binds write the same values.
+    fn as_json(table: &Table, columns: &[Values]) -> Vec<Value> {
+        let rows = columns.first().map_or(0, Values::len);
+        (0..rows)
+            .map(|r| {
+                let mut obj = serde_json::Map::new();
+                for (c, v) in table.columns.iter().zip(columns) {
+                    let value = match v {
+                        Values::Text(v) => json!(v[r]),
+                        Values::Int(v) => json!(v[r]),
+                        Values::Ts(v) => json!(v[r].as_ref().map(format_ts)),
+                    };
+                    obj.insert(c.name.to_owned(), value);
+                }
+                Value::Object(obj)
+            })
+            .collect()
+    }
+
+    fn check<R: IntoRow + Serialize + Copy>(table: &Table, rows: &[R]) {
+        let mut b = RowBuilder::new(table, rows.len());
+        for r in rows {
+            b.push(*r);
+        }
+        let cols = b.finish().unwrap();
+        assert_eq!(cols.len(), table.columns.len(), "{}", table.name);
+        for (c, v) in table.columns.iter().zip(&cols) {
+            assert_eq!(c.ty, v.col_type(), "{}.{}", table.name, c.name);
+        }
+        let expected: Vec<Value> = rows
+            .iter()
+            .map(|r| serde_json::to_value(r).unwrap())
+            .collect();
+        assert_eq!(as_json(table, &cols), expected, "{}", table.name);
+    }
+
+    #[test]
+    fn every_row_type_binds_its_tables_columns_in_order() {
+        let t = at(1_795_000_000, 123_456_789);
+        let order = OrderRow {
+            order_id: "o1".into(),
+            status: "created".into(),
+            buyer_id: "b".into(),
+            currency: "USD".into(),
+            total_minor: 1,
+            captured_minor: 2,
+            refunded_minor: 3,
+            fee_minor: 4,
+            payment_id: None,
+            created_at: t,
+            updated_at: at(5, 0),
+            status_since: at(6, 999),
+            stream_version: 7,
+        };
+        let mut paid = order.clone();
+        paid.payment_id = Some("p".into());
+        check(&ORDER_VIEW, &[&order, &paid]);
+        let line = OrderLineRow {
+            order_id: "o1".into(),
+            product_id: "p1".into(),
+            seller_id: "s".into(),
+            seller_account: "acct".into(),
+            currency: "EUR".into(),
+            unit_amount_minor: 1,
+            quantity: 2,
+            total_minor: 3,
+            fee_minor: 4,
+            seller_minor: 5,
+            refund_state: "none".into(),
+            refund_id: Some("r".into()),
+        };
+        check(&ORDER_LINE_VIEW, &[&line]);
+        let refund = RefundRow {
+            refund_id: "r".into(),
+            status: "requested".into(),
+            order_id: "o".into(),
+            payment_id: "p".into(),
+            amount_minor: 9,
+            currency: "USD".into(),
+            lines: "[]".into(),
+            reason: "why".into(),
+            hyperswitch_refund_id: Some("h".into()),
+            failure: None,
+            error_message: Some("e".into()),
+            requested_at: t,
+            updated_at: t,
+            status_since: t,
+            stream_version: 2,
+        };
+        check(&REFUND_VIEW, &[&refund]);
+        let transfer = TransferRow {
+            transfer_id: "t".into(),
+            status: "pending".into(),
+            order_id: "o".into(),
+            seller_id: "s".into(),
+            destination: "d".into(),
+            currency: "USD".into(),
+            scheduled_minor: 1,
+            amount_minor: 2,
+            transferred_minor: 3,
+            amount_reversed_minor: 4,
+            stripe_transfer_id: None,
+            stripe_reversal_id: Some("rv".into()),
+            attempt: 5,
+            retry_count: 6,
+            reversal_retry_count: 7,
+            next_retry_at: Some(at(8, 1_000)),
+            last_error: None,
+            created_at: t,
+            updated_at: t,
+            status_since: t,
+            stream_version: 9,
+        };
+        let mut idle = transfer.clone();
+        idle.next_retry_at = None;
+        check(&SELLER_TRANSFER_VIEW, &[&transfer, &idle]);
+        // The append-only rows go in by value.
+        let entry = JournalEntryRow {
+            entry_id: "e".into(),
+            source_event_id: "ev".into(),
+            event_type: "PaymentSucceeded".into(),
+            stream_id: "order-o".into(),
+            stream_version: 3,
+            global_position: 4,
+            currency: "USD".into(),
+            description: "d".into(),
+            recorded_at: t,
+        };
+        check_owned(&JOURNAL_ENTRY, vec![entry]);
+        let posting = PostingRow {
+            entry_id: "e".into(),
+            leg: 1,
+            account: "psp_clearing".into(),
+            side: "debit".into(),
+            amount_minor: 5,
+            currency: "USD".into(),
+            event_type: "PaymentSucceeded".into(),
+            recorded_at: t,
+        };
+        check_owned(&POSTING, vec![posting]);
+        let balance = AccountBalanceRow {
+            account: "a".into(),
+            currency: "USD".into(),
+            debit_minor: -1,
+            credit_minor: i64::MAX,
+        };
+        check_owned(&ACCOUNT_BALANCE, vec![balance]);
+        let anomaly = AnomalyRow {
+            stream_id: "order-o".into(),
+            stream_version: 1,
+            event_type: "PaymentAnomalyRecorded".into(),
+            kind: "k".into(),
+            details: "{}".into(),
+            at: t,
+            global_position: 2,
+        };
+        check_owned(&ANOMALY, vec![anomaly]);
+    }
+
+    fn check_owned<R: IntoRow + Serialize + Clone>(table: &Table, rows: Vec<R>) {
+        let expected: Vec<Value> = rows
+            .iter()
+            .map(|r| serde_json::to_value(r).unwrap())
+            .collect();
+        let mut b = RowBuilder::new(table, rows.len());
+        for r in rows {
+            b.push(r);
+        }
+        let cols = b.finish().unwrap();
+        for (c, v) in table.columns.iter().zip(&cols) {
+            assert_eq!(c.ty, v.col_type(), "{}.{}", table.name, c.name);
+        }
+        assert_eq!(as_json(table, &cols), expected, "{}", table.name);
+    }
+
+    #[test]
+    fn a_row_that_does_not_fit_its_table_is_an_error() {
+        // An order row pushed into the posting table: types go wrong.
+        let mut b = RowBuilder::new(&POSTING, 1);
+        b.push(&OrderRow {
+            order_id: "o".into(),
+            status: "s".into(),
+            buyer_id: "b".into(),
+            currency: "USD".into(),
+            total_minor: 0,
+            captured_minor: 0,
+            refunded_minor: 0,
+            fee_minor: 0,
+            payment_id: None,
+            created_at: at(0, 0),
+            updated_at: at(0, 0),
+            status_since: at(0, 0),
+            stream_version: 1,
+        });
+        let err = b.finish().unwrap_err();
+        assert!(err.contains("posting"), "{err}");
+        // Too few columns.
+        let mut b = RowBuilder::new(&ACCOUNT_BALANCE, 1);
+        b.push(JournalEntryRow {
+            entry_id: "e".into(),
+            source_event_id: "s".into(),
+            event_type: "t".into(),
+            stream_id: "x".into(),
+            stream_version: 1,
+            global_position: 1,
+            currency: "USD".into(),
+            description: "d".into(),
+            recorded_at: at(0, 0),
+        });
+        assert!(b.finish().is_err());
+    }
+
+    #[test]
+    fn timestamps_are_truncated_to_microseconds() {
+        let mut b = RowBuilder::new(&ANOMALY, 1);
+        b.push(AnomalyRow {
+            stream_id: "s".into(),
+            stream_version: 1,
+            event_type: "t".into(),
+            kind: "k".into(),
+            details: "{}".into(),
+            at: at(-1, 999_999_999),
+            global_position: 1,
+        });
+        let cols = b.finish().unwrap();
+        assert_eq!(cols[5], Values::Ts(vec![Some(at(-1, 999_999_000))]));
+    }
+
+    #[test]
+    fn format_ts_writes_what_chrono_writes() {
+        let mut cases = vec![
+            at(0, 0),
+            at(1_795_000_000, 123_456_789),
+            at(1_795_000_000, 999),
+            at(-1, 999_999_999),
+            at(-62_135_596_800, 0),       // 0001-01-01
+            at(253_402_300_799, 999_999), // 9999-12-31T23:59:59
+            at(253_402_300_800, 0),       // year 10000: chrono's path
+            at(-62_167_219_200 - 1, 5),   // year -1: chrono's path
+        ];
+        // A spread of ordinary instants.
+        let mut x: i64 = 12_345;
+        for _ in 0..2_000 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let secs = x.rem_euclid(4_102_444_800);
+            let nanos = u32::try_from((x >> 20).rem_euclid(1_000_000_000)).unwrap();
+            cases.push(at(secs, nanos));
+        }
+        for t in cases {
+            assert_eq!(format_ts(&t), t.format(ts::FORMAT).to_string(), "{t:?}");
+            assert_eq!(ts::parse(&format_ts(&t)).unwrap(), t.trunc_subsecs(6));
+        }
+    }
+
+    #[test]
+    fn model_sets_hold_exactly_what_was_put_in() {
+        let set: ModelSet = [ReadModel::Orders, ReadModel::Anomalies]
+            .into_iter()
+            .collect();
+        for m in ReadModel::ALL {
+            assert_eq!(
+                set.contains(m),
+                matches!(m, ReadModel::Orders | ReadModel::Anomalies),
+                "{m:?}"
+            );
+        }
+        assert!(ModelSet::default().is_empty());
+        assert!(!set.is_empty());
     }
 }

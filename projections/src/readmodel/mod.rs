@@ -2,24 +2,30 @@
 //! folds batches into row images ([`fold`]), and rebuild / diff.
 //!
 //! API Boundary: SQL text comes from [`schema`] for both dialects; the
-//! adapters only run statements with one text parameter, in transactions.
+//! adapters run it, binding the typed columns of a [`Write`] (decoded once
+//! in Rust), in transactions.
 
 pub mod fold;
 pub mod schema;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use ledger_core::events::AnyEvent;
 use ledger_core::{Checkpoint, RecordedEvent, decode_any};
-use ledger_store::EventStore;
-use serde::Serialize;
+use ledger_store::{EventStore, READ_BATCH_MAX};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
-use crate::runtime::{Handler, HandlerError, Projector, RuntimeError};
+use crate::runtime::{Handler, HandlerError, RuntimeError};
 use fold::{
-    Changes, FoldError, Images, OrderImage, OrderLineRow, OrderRow, RefundRow, TransferRow,
+    Changes, FoldError, Images, IntoRow, ModelSet, OrderImage, OrderLineRow, OrderRow, RefundRow,
+    RowBuilder, TransferRow,
 };
+use schema::{ColType, Table};
 pub use schema::{Dialect, ReadModel};
 
 /// Entity images kept between batches. Beyond this the cache is dropped and
@@ -29,6 +35,16 @@ pub const CACHE_ENTITIES_MAX: usize = 200_000;
 /// Most differing rows a diff reports per table: enough to see the pattern,
 /// bounded so a wholly wrong table cannot flood the report.
 pub const DIFF_ROWS_MAX: u32 = 1_000;
+
+/// Events a rebuild folds into one shadow transaction: big enough that an
+/// entity touched across pages is written once and the per-transaction
+/// costs vanish, small enough that the next fold overlaps the write and a
+/// transaction's rows stay a few tens of MB.
+pub const REBUILD_EVENTS_PER_TRANSACTION_MAX: usize = 25_000;
+
+/// Pages a rebuild reads ahead of its fold: overlaps the feed's IO with the
+/// fold and the writes.
+pub const REBUILD_PAGES_PREFETCHED_MAX: usize = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReadModelError {
@@ -47,11 +63,61 @@ pub enum ReadModelError {
     Backend(String),
 }
 
-/// One multi-row statement: `sql` with `$1` bound to `param`.
+/// One column's values for a batch of rows, typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Values {
+    Text(Vec<Option<String>>),
+    Int(Vec<Option<i64>>),
+    /// Whole microseconds (both backends store microseconds). Postgres binds
+    /// them as `timestamptz`; SQLite as [`fold::format_ts`] text.
+    Ts(Vec<Option<DateTime<Utc>>>),
+}
+
+impl Values {
+    pub fn with_capacity(ty: ColType, capacity: usize) -> Values {
+        match ty {
+            ColType::Text => Values::Text(Vec::with_capacity(capacity)),
+            ColType::Int => Values::Int(Vec::with_capacity(capacity)),
+            ColType::Ts => Values::Ts(Vec::with_capacity(capacity)),
+        }
+    }
+
+    pub fn col_type(&self) -> ColType {
+        match self {
+            Values::Text(_) => ColType::Text,
+            Values::Int(_) => ColType::Int,
+            Values::Ts(_) => ColType::Ts,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Values::Text(v) => v.len(),
+            Values::Int(v) => v.len(),
+            Values::Ts(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Every row a batch writes to one table: one [`Values`] per column of
+/// `table`, in its column order, all of [`Write::rows`] length. The adapter
+/// runs [`Table::write_sql`] over them (in chunks of
+/// [`Table::rows_per_statement`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Write {
-    pub sql: String,
-    pub param: String,
+    pub table: Table,
+    pub shadow: bool,
+    pub columns: Vec<Values>,
+}
+
+impl Write {
+    pub fn rows(&self) -> usize {
+        self.columns.first().map_or(0, Values::len)
+    }
 }
 
 /// A checkpoint compare-and-set, done in the batch's transaction.
@@ -82,24 +148,65 @@ pub trait ReadModelStore: Send + Sync + 'static {
     /// In ONE transaction: checks every `from` checkpoint (else
     /// [`ReadModelError::CheckpointMoved`]), runs the writes, then saves
     /// every `to`. All or nothing.
-    async fn apply_batch(&self, batch: &Batch) -> Result<(), ReadModelError>;
+    async fn apply_batch(&self, batch: Batch) -> Result<(), ReadModelError>;
     /// Runs parameterless statements in one transaction.
     async fn execute_all(&self, statements: &[String]) -> Result<(), ReadModelError>;
     /// The store's highest global position (0 when empty).
     async fn head_position(&self) -> Result<u64, ReadModelError>;
 }
 
+/// An event, decoded, with the models it applies to.
+type Decoded<'a> = (&'a RecordedEvent, &'a AnyEvent, ModelSet);
+
+fn decode(rec: &RecordedEvent) -> Result<AnyEvent, HandlerError> {
+    decode_any(
+        &rec.stream_id,
+        &rec.event_type,
+        rec.schema_version,
+        &rec.payload,
+    )
+    .map_err(|e| HandlerError::Poison {
+        stream: rec.stream_id.as_str().to_owned(),
+        version: rec.stream_version,
+        reason: e.to_string(),
+    })
+}
+
 fn transient(e: impl std::fmt::Display) -> HandlerError {
     HandlerError::Transient(e.to_string())
+}
+
+/// Typed columns of `rows` for `table`; `None` when there are none.
+fn write_of<R: IntoRow>(
+    table: &Table,
+    shadow: bool,
+    rows: impl ExactSizeIterator<Item = R>,
+) -> Result<Option<Write>, HandlerError> {
+    if rows.len() == 0 {
+        return Ok(None);
+    }
+    let mut b = RowBuilder::new(table, rows.len());
+    for r in rows {
+        b.push(r);
+    }
+    Ok(Some(Write {
+        table: *table,
+        shadow,
+        columns: b.finish().map_err(transient)?,
+    }))
 }
 
 /// The projection handler for a set of read models, live or shadow.
 pub struct ReadModelProjection {
     store: Arc<dyn ReadModelStore>,
-    models: BTreeSet<ReadModel>,
+    models: ModelSet,
+    model_list: Vec<ReadModel>,
     shadow: bool,
     checkpoints: Option<BTreeMap<ReadModel, Option<Checkpoint>>>,
     images: Images,
+    /// A rebuild's write still running while the next pages fold; awaited
+    /// before anything reads the tables back (and before the next write).
+    inflight: Option<JoinHandle<Result<(), ReadModelError>>>,
     /// Test hook: the next batch fails after its row writes.
     fault_once: bool,
 }
@@ -107,7 +214,7 @@ pub struct ReadModelProjection {
 impl std::fmt::Debug for ReadModelProjection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReadModelProjection")
-            .field("models", &self.models)
+            .field("models", &self.model_list)
             .field("shadow", &self.shadow)
             .field("checkpoints", &self.checkpoints)
             .finish_non_exhaustive()
@@ -116,12 +223,17 @@ impl std::fmt::Debug for ReadModelProjection {
 
 impl ReadModelProjection {
     pub fn new(store: Arc<dyn ReadModelStore>, models: &[ReadModel], shadow: bool) -> Self {
+        let mut model_list = models.to_vec();
+        model_list.sort();
+        model_list.dedup();
         ReadModelProjection {
             store,
-            models: models.iter().copied().collect(),
+            models: model_list.iter().copied().collect(),
+            model_list,
             shadow,
             checkpoints: None,
             images: Images::default(),
+            inflight: None,
             fault_once: false,
         }
     }
@@ -138,7 +250,7 @@ impl ReadModelProjection {
     ) -> Result<&BTreeMap<ReadModel, Option<Checkpoint>>, HandlerError> {
         if self.checkpoints.is_none() {
             let mut map = BTreeMap::new();
-            for m in &self.models {
+            for m in &self.model_list {
                 let cp = self
                     .store
                     .load_checkpoint(&m.checkpoint_name(self.shadow))
@@ -151,19 +263,27 @@ impl ReadModelProjection {
         Ok(self.checkpoints.get_or_insert_with(BTreeMap::new))
     }
 
+    /// Waits for the write in flight (if any); its failure is this call's.
+    async fn settle_inflight(&mut self) -> Result<(), HandlerError> {
+        if let Some(write) = self.inflight.take() {
+            match write.await {
+                Ok(result) => result.map_err(transient)?,
+                Err(e) => return Err(transient(format!("read-model write task: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
     /// Loads the stored images of entities the batch touches but whose
     /// creation is not in it and which are not cached.
-    async fn load_missing(
-        &mut self,
-        decoded: &[(&RecordedEvent, AnyEvent, BTreeSet<ReadModel>)],
-    ) -> Result<(), HandlerError> {
+    async fn load_missing(&mut self, decoded: &[Decoded<'_>]) -> Result<(), HandlerError> {
         let mut seen: BTreeSet<(ReadModel, &str)> = BTreeSet::new();
         let mut want: BTreeMap<ReadModel, Vec<String>> = BTreeMap::new();
         for (rec, event, models) in decoded {
             let Some((kind, id)) = fold::entity_of(rec.stream_id.as_str()) else {
                 continue;
             };
-            if !models.contains(&kind) || !seen.insert((kind, id)) {
+            if !models.contains(kind) {
                 continue;
             }
             let cached = match kind {
@@ -171,10 +291,17 @@ impl ReadModelProjection {
                 ReadModel::Refunds => self.images.refunds.contains_key(id),
                 _ => self.images.transfers.contains_key(id),
             };
-            if !cached && !fold::is_creation(event) {
+            // Not cached: the entity's first event in the batch decides, its
+            // creation (nothing stored to load) or a later event (load).
+            if !cached && seen.insert((kind, id)) && !fold::is_creation(event) {
                 want.entry(kind).or_default().push(id.to_owned());
             }
         }
+        if want.is_empty() {
+            return Ok(());
+        }
+        // The tables must hold everything folded so far before reading back.
+        self.settle_inflight().await?;
         let dialect = self.store.dialect();
         for (kind, ids) in want {
             let param = serde_json::to_string(&ids).map_err(transient)?;
@@ -249,72 +376,178 @@ impl ReadModelProjection {
         Ok(())
     }
 
-    fn writes(&self, changes: &Changes) -> Result<Vec<Write>, HandlerError> {
-        use schema::*;
-        let dialect = self.store.dialect();
-        let shadow = self.shadow;
-        let mut out = Vec::new();
-        let mut push = |table: &Table, param: Result<String, serde_json::Error>, n: usize| {
-            if n > 0 {
-                out.push(Write {
-                    sql: table.write_sql(dialect, shadow),
-                    param: param.map_err(transient)?,
-                });
+    /// Decodes `events` and folds those each model has not applied yet
+    /// (per `cps`) into the images and `changes`. On an error the images
+    /// may hold half-applied state: the caller clears them.
+    async fn fold_events(
+        &mut self,
+        events: &[RecordedEvent],
+        cps: &BTreeMap<ReadModel, Option<Checkpoint>>,
+        changes: &mut Changes,
+    ) -> Result<(), HandlerError> {
+        // Past the furthest checkpoint every model applies: no per-model
+        // test per event.
+        let furthest = cps
+            .values()
+            .map(|c| c.unwrap_or(Checkpoint::START))
+            .max()
+            .unwrap_or(Checkpoint::START);
+        let mut decoded = Vec::with_capacity(events.len());
+        for rec in events {
+            let at = rec.checkpoint();
+            let applies = if at > furthest {
+                self.models
+            } else {
+                cps.iter()
+                    .filter(|(_, cp)| cp.unwrap_or(Checkpoint::START) < at)
+                    .map(|(m, _)| *m)
+                    .collect()
+            };
+            if applies.is_empty() {
+                continue;
             }
-            Ok::<(), HandlerError>(())
-        };
+            decoded.push((rec, decode(rec)?, applies));
+        }
+        let refs: Vec<Decoded<'_>> = decoded.iter().map(|(r, e, m)| (*r, e, *m)).collect();
+        self.fold_decoded(&refs, changes).await
+    }
+
+    /// Folds decoded events (each with the models it applies to): loads the
+    /// stored images the cache lacks, then applies them in order.
+    async fn fold_decoded(
+        &mut self,
+        decoded: &[Decoded<'_>],
+        changes: &mut Changes,
+    ) -> Result<(), HandlerError> {
+        self.load_missing(decoded).await?;
+        for (rec, event, applies) in decoded {
+            fold::apply(*applies, rec, event, &mut self.images, changes).map_err(
+                |FoldError {
+                     stream,
+                     version,
+                     reason,
+                 }| HandlerError::Poison {
+                    stream,
+                    version,
+                    reason,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The batch writing `changes` (images as they are now) and moving every
+    /// checkpoint behind `last` to it. Append-only rows go in key order
+    /// (index inserts in order, not scattered).
+    fn batch_for(
+        &mut self,
+        mut changes: Changes,
+        cps: &BTreeMap<ReadModel, Option<Checkpoint>>,
+        last: Option<Checkpoint>,
+    ) -> Result<Batch, HandlerError> {
+        use schema::*;
+        let shadow = self.shadow;
+        changes
+            .entries
+            .sort_unstable_by(|a, b| a.entry_id.cmp(&b.entry_id));
+        changes
+            .postings
+            .sort_unstable_by(|a, b| (&a.entry_id, a.leg).cmp(&(&b.entry_id, b.leg)));
+        changes.anomalies.sort_unstable_by(|a, b| {
+            (&a.stream_id, a.stream_version).cmp(&(&b.stream_id, b.stream_version))
+        });
+        let mut writes = Vec::new();
         let orders: Vec<&OrderImage> = changes
             .orders
             .iter()
             .filter_map(|k| self.images.orders.get(k).and_then(Option::as_ref))
             .collect();
-        let order_rows: Vec<&OrderRow> = orders.iter().map(|o| &o.row).collect();
-        let line_rows: Vec<&OrderLineRow> = orders.iter().flat_map(|o| &o.lines).collect();
-        push(&ORDER_VIEW, json(&order_rows), order_rows.len())?;
-        push(&ORDER_LINE_VIEW, json(&line_rows), line_rows.len())?;
+        writes.extend(write_of(
+            &ORDER_VIEW,
+            shadow,
+            orders.iter().map(|o| &o.row),
+        )?);
+        let lines: Vec<&OrderLineRow> = orders.iter().flat_map(|o| &o.lines).collect();
+        writes.extend(write_of(&ORDER_LINE_VIEW, shadow, lines.iter().copied())?);
         let refunds: Vec<&RefundRow> = changes
             .refunds
             .iter()
             .filter_map(|k| self.images.refunds.get(k).and_then(Option::as_ref))
             .collect();
-        push(&REFUND_VIEW, json(&refunds), refunds.len())?;
+        writes.extend(write_of(&REFUND_VIEW, shadow, refunds.iter().copied())?);
         let transfers: Vec<&TransferRow> = changes
             .transfers
             .iter()
             .filter_map(|k| self.images.transfers.get(k).and_then(Option::as_ref))
             .collect();
-        push(&SELLER_TRANSFER_VIEW, json(&transfers), transfers.len())?;
-        push(
+        writes.extend(write_of(
+            &SELLER_TRANSFER_VIEW,
+            shadow,
+            transfers.iter().copied(),
+        )?);
+        writes.extend(write_of(
             &JOURNAL_ENTRY,
-            json(&changes.entries),
-            changes.entries.len(),
-        )?;
-        push(&POSTING, json(&changes.postings), changes.postings.len())?;
+            shadow,
+            changes.entries.into_iter(),
+        )?);
+        writes.extend(write_of(&POSTING, shadow, changes.postings.into_iter())?);
         let balances: Vec<fold::AccountBalanceRow> = changes
             .balances
-            .iter()
-            .map(|((account, currency), (d, c))| fold::AccountBalanceRow {
-                account: account.clone(),
-                currency: currency.clone(),
-                debit_minor: *d,
-                credit_minor: *c,
+            .into_iter()
+            .flat_map(|(account, per_currency)| {
+                per_currency
+                    .into_iter()
+                    .map(move |(currency, (d, c))| fold::AccountBalanceRow {
+                        account: account.clone(),
+                        currency,
+                        debit_minor: d,
+                        credit_minor: c,
+                    })
             })
             .collect();
-        push(&ACCOUNT_BALANCE, json(&balances), balances.len())?;
-        push(&ANOMALY, json(&changes.anomalies), changes.anomalies.len())?;
-        Ok(out)
+        writes.extend(write_of(&ACCOUNT_BALANCE, shadow, balances.into_iter())?);
+        writes.extend(write_of(&ANOMALY, shadow, changes.anomalies.into_iter())?);
+        Ok(Batch {
+            writes,
+            checkpoints: cps
+                .iter()
+                .filter_map(|(m, from)| {
+                    let to = last?;
+                    (from.unwrap_or(Checkpoint::START) < to).then(|| CheckpointMove {
+                        name: m.checkpoint_name(shadow),
+                        from: *from,
+                        to,
+                    })
+                })
+                .collect(),
+            fail_before_checkpoint: std::mem::take(&mut self.fault_once),
+        })
     }
-}
 
-fn json<T: Serialize>(rows: &T) -> Result<String, serde_json::Error> {
-    serde_json::to_string(rows)
+    /// Records the checkpoints a batch moved (committed, or for a rebuild
+    /// handed to the write in flight) and bounds the cache.
+    fn advanced(&mut self, moves: &[CheckpointMove]) {
+        let map = self.checkpoints.get_or_insert_with(BTreeMap::new);
+        for mv in moves {
+            if let Some(m) = self
+                .model_list
+                .iter()
+                .find(|m| m.checkpoint_name(self.shadow) == mv.name)
+            {
+                map.insert(*m, Some(mv.to));
+            }
+        }
+        if self.images.len() > CACHE_ENTITIES_MAX {
+            self.images.clear();
+        }
+    }
 }
 
 #[async_trait]
 impl Handler for ReadModelProjection {
     fn name(&self) -> String {
         let names: Vec<String> = self
-            .models
+            .model_list
             .iter()
             .map(|m| m.checkpoint_name(self.shadow))
             .collect();
@@ -333,82 +566,26 @@ impl Handler for ReadModelProjection {
 
     async fn handle(&mut self, events: &[RecordedEvent]) -> Result<(), HandlerError> {
         let cps = self.loaded_checkpoints().await?.clone();
-        let mut decoded = Vec::with_capacity(events.len());
-        for rec in events {
-            let applies: BTreeSet<ReadModel> = cps
-                .iter()
-                .filter(|(_, cp)| cp.unwrap_or(Checkpoint::START) < rec.checkpoint())
-                .map(|(m, _)| *m)
-                .collect();
-            if applies.is_empty() {
-                continue;
-            }
-            let event = decode_any(
-                &rec.stream_id,
-                &rec.event_type,
-                rec.schema_version,
-                &rec.payload,
-            )
-            .map_err(|e| HandlerError::Poison {
-                stream: rec.stream_id.as_str().to_owned(),
-                version: rec.stream_version,
-                reason: e.to_string(),
-            })?;
-            decoded.push((rec, event, applies));
-        }
-        if let Err(e) = self.load_missing(&decoded).await {
+        let mut changes = Changes::default();
+        if let Err(e) = self.fold_events(events, &cps, &mut changes).await {
+            // Earlier events of this batch may already have changed the
+            // cached images: forget them, the database still has the truth.
             self.images.clear();
             return Err(e);
         }
-        let mut changes = Changes::default();
-        for (rec, event, applies) in &decoded {
-            if let Err(FoldError {
-                stream,
-                version,
-                reason,
-            }) = fold::apply(applies, rec, event, &mut self.images, &mut changes)
-            {
-                // Earlier events of this batch already changed the cached
-                // images: forget them, the database still has the truth.
-                self.images.clear();
-                return Err(HandlerError::Poison {
-                    stream,
-                    version,
-                    reason,
-                });
-            }
-        }
         let last = events.last().map(RecordedEvent::checkpoint);
-        let batch = Batch {
-            writes: self.writes(&changes)?,
-            checkpoints: cps
-                .iter()
-                .filter_map(|(m, from)| {
-                    let to = last?;
-                    (from.unwrap_or(Checkpoint::START) < to).then(|| CheckpointMove {
-                        name: m.checkpoint_name(self.shadow),
-                        from: *from,
-                        to,
-                    })
-                })
-                .collect(),
-            fail_before_checkpoint: std::mem::take(&mut self.fault_once),
+        let batch = match self.batch_for(changes, &cps, last) {
+            Ok(batch) => batch,
+            Err(e) => {
+                // The images are ahead of the tables now.
+                self.images.clear();
+                return Err(e);
+            }
         };
-        match self.store.apply_batch(&batch).await {
+        let moves = batch.checkpoints.clone();
+        match self.store.apply_batch(batch).await {
             Ok(()) => {
-                let map = self.checkpoints.get_or_insert_with(BTreeMap::new);
-                for mv in &batch.checkpoints {
-                    if let Some(m) = self
-                        .models
-                        .iter()
-                        .find(|m| m.checkpoint_name(self.shadow) == mv.name)
-                    {
-                        map.insert(*m, Some(mv.to));
-                    }
-                }
-                if self.images.len() > CACHE_ENTITIES_MAX {
-                    self.images.clear();
-                }
+                self.advanced(&moves);
                 Ok(())
             }
             Err(e) => {
@@ -441,7 +618,16 @@ pub struct RebuildStats {
 
 /// Rebuilds `models` from position 0 into fresh shadow tables, up to
 /// `stop_at` (inclusive) or the head. `progress` gets the events applied so
-/// far after every batch. Live tables are untouched.
+/// far after every transaction. Live tables are untouched.
+///
+/// The same fold and the same writes as the live projector, arranged for
+/// bulk: the feed is read ahead on a task, up to
+/// [`REBUILD_EVENTS_PER_TRANSACTION_MAX`] events fold into one shadow
+/// transaction (rows and shadow checkpoints together, as live), and that
+/// transaction runs while the next events fold. The shadow tables carry only
+/// their primary keys while they load; their secondary indexes are built at
+/// the end ([`schema::shadow_index_sql`]). An event that cannot be applied
+/// fails the rebuild ([`RuntimeError::Stalled`]) naming it.
 pub async fn rebuild_into_shadow(
     events: Arc<dyn EventStore>,
     store: Arc<dyn ReadModelStore>,
@@ -449,23 +635,182 @@ pub async fn rebuild_into_shadow(
     stop_at: Option<Checkpoint>,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<RebuildStats, RebuildError> {
+    let dialect = store.dialect();
     store
-        .execute_all(&schema::prepare_shadow_sql(store.dialect(), models))
+        .execute_all(&schema::prepare_shadow_sql(dialect, models))
         .await?;
-    let handler = ReadModelProjection::new(store, models, true);
-    let mut projector = Projector::new(events, handler).with_stop_at(stop_at);
-    let mut total: u64 = 0;
-    loop {
-        let n = projector.run_once().await?;
-        if n == 0 {
-            break;
+    let mut handler = ReadModelProjection::new(Arc::clone(&store), models, true);
+    let name = handler.name();
+    let failed = |e: HandlerError| match e {
+        HandlerError::Poison {
+            stream,
+            version,
+            reason,
+        } => RebuildError::Runtime(RuntimeError::Stalled {
+            name: name.clone(),
+            stream,
+            version,
+            reason,
+        }),
+        HandlerError::Transient(error) => RebuildError::Runtime(RuntimeError::Transient {
+            name: name.clone(),
+            error,
+        }),
+    };
+    // The shadow checkpoints were just removed: every model starts at 0.
+    let mut cps: BTreeMap<ReadModel, Option<Checkpoint>> =
+        handler.model_list.iter().map(|m| (*m, None)).collect();
+    handler.checkpoints = Some(cps.clone());
+
+    // The reader decodes too: the payload JSON is the fold's biggest cost,
+    // and it runs beside the fold this way.
+    let (tx, mut rx) = mpsc::channel::<Result<Vec<(RecordedEvent, AnyEvent)>, HandlerError>>(
+        REBUILD_PAGES_PREFETCHED_MAX,
+    );
+    let reader = tokio::spawn(async move {
+        // Pages in feed order; an empty page closes the feed.
+        let mut after = Checkpoint::START;
+        loop {
+            let mut page = match events.read_all(after, READ_BATCH_MAX).await {
+                Ok(page) => page,
+                Err(e) => {
+                    let _ = tx.send(Err(HandlerError::from(e))).await;
+                    return;
+                }
+            };
+            let Some(last) = page.last().map(RecordedEvent::checkpoint) else {
+                let _ = tx.send(Ok(Vec::new())).await;
+                return;
+            };
+            // The feed ascends: nothing after a page reaching `stop_at` is
+            // at or before it.
+            let reached_stop = stop_at.is_some_and(|stop| last >= stop);
+            if let Some(stop) = stop_at {
+                page.retain(|e| e.checkpoint() <= stop);
+            }
+            after = last;
+            let decoded: Result<Vec<(RecordedEvent, AnyEvent)>, HandlerError> = page
+                .into_iter()
+                .map(|rec| decode(&rec).map(|e| (rec, e)))
+                .collect();
+            let failed = decoded.is_err();
+            let empty = decoded.as_ref().is_ok_and(Vec::is_empty);
+            if (!empty && tx.send(decoded).await.is_err()) || failed {
+                return;
+            }
+            if reached_stop {
+                let _ = tx.send(Ok(Vec::new())).await;
+                return;
+            }
         }
-        total = total.saturating_add(n as u64);
-        progress(total);
+    });
+
+    let started = Instant::now();
+    // Where the time goes (logged at debug): waiting for the feed, folding,
+    // building rows, waiting for the previous write.
+    let (mut waited_feed, mut folding, mut building, mut waited_write) = (
+        Duration::ZERO,
+        Duration::ZERO,
+        Duration::ZERO,
+        Duration::ZERO,
+    );
+    let mut changes = Changes::default();
+    let mut pending: usize = 0;
+    let mut total: u64 = 0;
+    let mut last: Option<Checkpoint> = None;
+    let outcome: Result<(), RebuildError> = async {
+        loop {
+            let t = Instant::now();
+            let received = rx.recv().await;
+            waited_feed += t.elapsed();
+            let page = match received {
+                Some(Ok(page)) => page,
+                Some(Err(e)) => return Err(failed(e)),
+                None => {
+                    return Err(failed(HandlerError::Transient(
+                        "the feed reader stopped unexpectedly".to_owned(),
+                    )));
+                }
+            };
+            let end = page.is_empty();
+            if !end {
+                let t = Instant::now();
+                // Every model applies: their shadow checkpoints trail the
+                // feed.
+                let models = handler.models;
+                let refs: Vec<Decoded<'_>> = page.iter().map(|(r, e)| (r, e, models)).collect();
+                handler
+                    .fold_decoded(&refs, &mut changes)
+                    .await
+                    .map_err(&failed)?;
+                folding += t.elapsed();
+                pending += page.len();
+                last = page.last().map(|(r, _)| r.checkpoint());
+            }
+            if pending > 0 && (end || pending >= REBUILD_EVENTS_PER_TRANSACTION_MAX) {
+                let t = Instant::now();
+                let batch = handler
+                    .batch_for(std::mem::take(&mut changes), &cps, last)
+                    .map_err(&failed)?;
+                building += t.elapsed();
+                // One write in flight at a time, in order.
+                let t = Instant::now();
+                handler.settle_inflight().await.map_err(&failed)?;
+                waited_write += t.elapsed();
+                let moves = batch.checkpoints.clone();
+                let writer = Arc::clone(&store);
+                let events = pending;
+                handler.inflight = Some(tokio::spawn(async move {
+                    let t = Instant::now();
+                    let rows: usize = batch.writes.iter().map(Write::rows).sum();
+                    let result = writer.apply_batch(batch).await;
+                    tracing::debug!(
+                        events,
+                        rows,
+                        ms = t.elapsed().as_millis(),
+                        "shadow batch written"
+                    );
+                    result
+                }));
+                handler.advanced(&moves);
+                cps = handler.checkpoints.clone().unwrap_or_default();
+                total = total.saturating_add(pending as u64);
+                pending = 0;
+                progress(total);
+            }
+            if end {
+                let t = Instant::now();
+                handler.settle_inflight().await.map_err(&failed)?;
+                waited_write += t.elapsed();
+                return Ok(());
+            }
+        }
     }
+    .await;
+    drop(rx);
+    let _ = reader.await;
+    if let Err(e) = outcome {
+        // Never leave a write running behind a failed rebuild.
+        let _ = handler.settle_inflight().await;
+        return Err(e);
+    }
+    let loaded = started.elapsed();
+    store
+        .execute_all(&schema::shadow_index_sql(dialect, models))
+        .await?;
+    tracing::debug!(
+        events = total,
+        load_ms = loaded.as_millis(),
+        index_ms = (started.elapsed() - loaded).as_millis(),
+        waited_feed_ms = waited_feed.as_millis(),
+        fold_ms = folding.as_millis(),
+        build_rows_ms = building.as_millis(),
+        waited_write_ms = waited_write.as_millis(),
+        "read-model rebuild into shadow"
+    );
     Ok(RebuildStats {
         events: total,
-        checkpoint: projector.status().checkpoint,
+        checkpoint: last.unwrap_or(Checkpoint::START),
     })
 }
 

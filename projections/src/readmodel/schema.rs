@@ -2,10 +2,10 @@
 //! upserts, loads, diffs) for both backends is generated from these
 //! descriptions, so the two backends cannot drift apart column by column.
 //!
-//! Batched writes take ONE text parameter: a JSON array of row objects,
-//! expanded server-side (`json_to_recordset` on Postgres, `json_each` on
-//! SQLite). One statement per table per batch, one bind, and the same text
-//! shape on both backends.
+//! Batched writes bind typed values decoded once in Rust (no JSON expanded
+//! server-side): on Postgres one array per column through `unnest`, one
+//! statement per table per batch; on SQLite multi-row `values` statements
+//! of [`SQLITE_ROWS_PER_STATEMENT_MAX`] rows, prepared once and reused.
 
 /// Which SQL dialect an adapter speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +17,15 @@ pub enum Dialect {
 /// Suffix of the shadow copy of a table that a rebuild fills.
 pub const SHADOW_SUFFIX: &str = "__shadow";
 
+/// SQLite's limit on bound parameters in one statement
+/// (`SQLITE_MAX_VARIABLE_NUMBER`, 32766 since 3.32).
+pub const SQLITE_BINDS_MAX: usize = 32_766;
+
+/// Rows in one SQLite multi-row `insert`: enough to amortise the statement,
+/// few enough that the handful of statement shapes stays in the prepared
+/// statement cache and one statement's binds stay small.
+pub const SQLITE_ROWS_PER_STATEMENT_MAX: usize = 256;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColType {
     Text,
@@ -26,7 +35,7 @@ pub enum ColType {
     Ts,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Column {
     pub name: &'static str,
     pub ty: ColType,
@@ -61,7 +70,7 @@ pub enum WriteMode {
     Add(&'static [&'static str]),
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Table {
     pub name: &'static str,
     pub columns: &'static [Column],
@@ -374,30 +383,28 @@ impl Table {
             .collect()
     }
 
-    /// One statement writing every row of a batch; `$1` is a JSON array of
-    /// row objects keyed by column name.
-    pub fn write_sql(&self, dialect: Dialect, shadow: bool) -> String {
+    /// One statement writing `rows` rows, with typed binds in column order
+    /// (see [`super::Write`]). Postgres: one array per column, expanded by
+    /// `unnest` (the statement is the same for any row count). SQLite:
+    /// a multi-row `values` list of `rows` tuples, row-major (at most
+    /// [`Table::rows_per_statement`] of them).
+    pub fn write_sql(&self, dialect: Dialect, shadow: bool, rows: usize) -> String {
         let t = self.table_name(shadow);
         let cols = self.column_list();
         let source = match dialect {
             Dialect::Postgres => {
-                let defs = self
+                let arrays = self
                     .columns
                     .iter()
-                    .map(|c| format!("{} {}", c.name, sql_type(dialect, c.ty)))
+                    .enumerate()
+                    .map(|(i, c)| format!("${}::{}[]", i + 1, sql_type(dialect, c.ty)))
                     .collect::<Vec<_>>()
                     .join(", ");
-                format!("select {cols} from json_to_recordset($1::json) as r({defs})")
+                format!("select * from unnest({arrays})")
             }
             Dialect::Sqlite => {
-                let exprs = self
-                    .columns
-                    .iter()
-                    .map(|c| format!("r.value ->> '{}'", c.name))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                // `where true` resolves SQLite's upsert-after-select ambiguity.
-                format!("select {exprs} from json_each($1) as r where true")
+                let tuple = format!("({})", vec!["?"; self.columns.len()].join(", "));
+                format!("values {}", vec![tuple.as_str(); rows.max(1)].join(", "))
             }
         };
         let conflict = match self.write {
@@ -427,7 +434,28 @@ impl Table {
                 )
             }
         };
-        format!("insert into {t} ({cols}) {source}{conflict}")
+        // SQLite keeps a statement journal for a multi-row statement that
+        // may abort halfway (to undo just that statement): a copy of every
+        // page it touches. `or fail` stops at a violation without undoing
+        // the statement's earlier rows, so no journal; the adapters roll
+        // the whole transaction back on any error, so nothing half-written
+        // survives either way. (An upsert's update path always may abort.)
+        let verb = match (dialect, self.write) {
+            (Dialect::Sqlite, WriteMode::Insert) => "insert or fail",
+            _ => "insert",
+        };
+        format!("{verb} into {t} ({cols}) {source}{conflict}")
+    }
+
+    /// Rows one statement writes: everything on Postgres (one array per
+    /// column), up to the bind limit and [`SQLITE_ROWS_PER_STATEMENT_MAX`]
+    /// on SQLite.
+    pub fn rows_per_statement(&self, dialect: Dialect) -> usize {
+        match dialect {
+            Dialect::Postgres => usize::MAX,
+            Dialect::Sqlite => (SQLITE_BINDS_MAX / self.columns.len().max(1))
+                .clamp(1, SQLITE_ROWS_PER_STATEMENT_MAX),
+        }
     }
 
     /// Rows whose `load_by` column is in `$1` (a JSON array of strings), each
@@ -598,14 +626,16 @@ pub fn migration_sql(dialect: Dialect) -> String {
 }
 
 /// Statements that drop (if present) and create the shadow tables of
-/// `models`, empty, with the shadow checkpoints removed.
+/// `models`, empty, with the shadow checkpoints removed. Only the primary
+/// keys (which the upserts need) exist while the rebuild loads them; the
+/// secondary indexes come after the load ([`shadow_index_sql`], or on SQLite
+/// the swap), built once in bulk rather than maintained row by row.
 pub fn prepare_shadow_sql(dialect: Dialect, models: &[ReadModel]) -> Vec<String> {
     let mut out = Vec::new();
     for m in models {
         for t in m.tables() {
             out.push(format!("drop table if exists {}", t.table_name(true)));
             out.push(t.create_sql(dialect, true));
-            out.extend(t.index_sql(true));
         }
         out.push(format!(
             "delete from projection_checkpoint where name = '{}'",
@@ -613,6 +643,21 @@ pub fn prepare_shadow_sql(dialect: Dialect, models: &[ReadModel]) -> Vec<String>
         ));
     }
     out
+}
+
+/// The secondary indexes of loaded shadow tables, created before the swap.
+/// Postgres renames them in the swap. SQLite cannot rename an index, so its
+/// swap builds them under their live names and nothing is built here (they
+/// would be built twice).
+pub fn shadow_index_sql(dialect: Dialect, models: &[ReadModel]) -> Vec<String> {
+    match dialect {
+        Dialect::Postgres => models
+            .iter()
+            .flat_map(|m| m.tables())
+            .flat_map(|t| t.index_sql(true))
+            .collect(),
+        Dialect::Sqlite => Vec::new(),
+    }
 }
 
 /// Statements of one atomic swap: views dropped, live tables dropped,
@@ -641,11 +686,12 @@ pub fn swap_sql(dialect: Dialect, models: &[ReadModel]) -> Vec<String> {
                     }
                 }
                 Dialect::Sqlite => {
-                    // SQLite cannot rename an index: rebuild it under its
-                    // live name. (Constraint names inside a SQLite table are
-                    // labels only and need no renaming.)
+                    // SQLite cannot rename an index: build it under its
+                    // live name (a shadow loaded by this version has none;
+                    // one from an older version may). Constraint names
+                    // inside a SQLite table are labels only.
                     for (name, _) in t.indexes {
-                        out.push(format!("drop index {shadow}_{name}"));
+                        out.push(format!("drop index if exists {shadow}_{name}"));
                     }
                     out.extend(t.index_sql(false));
                 }
@@ -694,5 +740,62 @@ mod tests {
         }
         assert_eq!(PG, format!("{header}{}", migration_sql(Dialect::Postgres)));
         assert_eq!(LITE, format!("{header}{}", migration_sql(Dialect::Sqlite)));
+    }
+
+    #[test]
+    fn write_statements_bind_every_column_of_every_row() {
+        for m in ReadModel::ALL {
+            for t in m.tables() {
+                let n = t.columns.len();
+                let pg = t.write_sql(Dialect::Postgres, true, 7);
+                assert!(pg.contains(&format!("${n}::")), "{pg}");
+                assert!(!pg.contains(&format!("${}", n + 1)), "{pg}");
+                assert!(pg.starts_with(&format!("insert into {}__shadow (", t.name)));
+                let per = t.rows_per_statement(Dialect::Sqlite);
+                assert!(per >= 1 && per * n <= SQLITE_BINDS_MAX, "{}", t.name);
+                for rows in [1, 3, per] {
+                    let lite = t.write_sql(Dialect::Sqlite, false, rows);
+                    assert_eq!(lite.matches('?').count(), rows * n, "{lite}");
+                    let verb = if t.write == WriteMode::Insert {
+                        "insert or fail"
+                    } else {
+                        "insert"
+                    };
+                    assert!(lite.starts_with(&format!("{verb} into {} (", t.name)));
+                }
+            }
+        }
+    }
+
+    /// Shadows load with only their primary keys; every secondary index the
+    /// live tables have exists again after the rebuild (Postgres) or the
+    /// swap (SQLite).
+    #[test]
+    fn shadow_indexes_come_after_the_load() {
+        for dialect in [Dialect::Postgres, Dialect::Sqlite] {
+            let prepare = prepare_shadow_sql(dialect, &ReadModel::ALL);
+            assert!(
+                prepare.iter().all(|s| !s.starts_with("create index")),
+                "{prepare:?}"
+            );
+            let mut after = shadow_index_sql(dialect, &ReadModel::ALL);
+            after.extend(swap_sql(dialect, &ReadModel::ALL));
+            for m in ReadModel::ALL {
+                for t in m.tables() {
+                    for (name, cols) in t.indexes {
+                        let built = match dialect {
+                            Dialect::Postgres => format!(
+                                "create index {0}__shadow_{name} on {0}__shadow ({cols})",
+                                t.name
+                            ),
+                            Dialect::Sqlite => {
+                                format!("create index {0}_{name} on {0} ({cols})", t.name)
+                            }
+                        };
+                        assert!(after.contains(&built), "{dialect:?}: {built}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,0 +1,110 @@
+//! [`WebhookLogStore`] on Postgres: the `hyperswitch_webhook_log` table.
+//!
+//! Every statement is autocommit. The retention delete picks its batch with
+//! `for update skip locked`, so two processes sweeping at once split the
+//! rows instead of queueing on the same ones.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use ledger_store::StoreError;
+use ledger_store::webhook_log::{
+    RECENT_WEBHOOK_LOG_MAX, RESULT_OK, WebhookLogEntry, WebhookLogStore, is_processing_result,
+    storable_text,
+};
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+
+use crate::PgStore;
+use crate::error::backend;
+
+const INSERT_SQL: &str = "insert into hyperswitch_webhook_log \
+     (payload, signature_valid, processing_result, source_ip, user_agent, request_id, \
+      event_type, event_id, received_at) \
+     values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning id";
+
+const PROCESSED_SQL: &str = "select exists (select 1 from hyperswitch_webhook_log \
+     where event_id = $1 and processing_result = $2)";
+
+const DELETE_BEFORE_SQL: &str = "delete from hyperswitch_webhook_log where id in ( \
+         select id from hyperswitch_webhook_log where received_at < $1 \
+         order by received_at, id limit $2 for update skip locked)";
+
+const RECENT_SQL: &str = "select payload, signature_valid, processing_result, source_ip, \
+            user_agent, request_id, event_type, event_id, received_at \
+     from hyperswitch_webhook_log order by received_at desc, id desc limit $1";
+
+fn opt_text(value: Option<&String>) -> Option<String> {
+    value.map(|v| storable_text(v).into_owned())
+}
+
+fn decode_entry(row: &PgRow) -> Result<WebhookLogEntry, StoreError> {
+    Ok(WebhookLogEntry {
+        payload: row.try_get("payload").map_err(backend)?,
+        signature_valid: row.try_get("signature_valid").map_err(backend)?,
+        processing_result: row.try_get("processing_result").map_err(backend)?,
+        source_ip: row.try_get("source_ip").map_err(backend)?,
+        user_agent: row.try_get("user_agent").map_err(backend)?,
+        request_id: row.try_get("request_id").map_err(backend)?,
+        event_type: row.try_get("event_type").map_err(backend)?,
+        event_id: row.try_get("event_id").map_err(backend)?,
+        received_at: row.try_get("received_at").map_err(backend)?,
+    })
+}
+
+#[async_trait]
+impl WebhookLogStore for PgStore {
+    async fn insert_webhook_log(&self, entry: &WebhookLogEntry) -> Result<i64, StoreError> {
+        if !is_processing_result(&entry.processing_result) {
+            return Err(StoreError::Backend(format!(
+                "webhook log processing_result {:?} is not one of the stored values",
+                entry.processing_result
+            )));
+        }
+        sqlx::query_scalar(INSERT_SQL)
+            .bind(storable_text(&entry.payload).as_ref())
+            .bind(entry.signature_valid)
+            .bind(storable_text(&entry.processing_result).as_ref())
+            .bind(opt_text(entry.source_ip.as_ref()))
+            .bind(opt_text(entry.user_agent.as_ref()))
+            .bind(storable_text(&entry.request_id).as_ref())
+            .bind(opt_text(entry.event_type.as_ref()))
+            .bind(opt_text(entry.event_id.as_ref()))
+            .bind(entry.received_at)
+            .fetch_one(self.pool())
+            .await
+            .map_err(backend)
+    }
+
+    async fn webhook_event_processed(&self, event_id: &str) -> Result<bool, StoreError> {
+        sqlx::query_scalar(PROCESSED_SQL)
+            .bind(storable_text(event_id).as_ref())
+            .bind(RESULT_OK)
+            .fetch_one(self.pool())
+            .await
+            .map_err(backend)
+    }
+
+    async fn delete_webhook_log_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let deleted = sqlx::query(DELETE_BEFORE_SQL)
+            .bind(cutoff)
+            .bind(i64::from(limit))
+            .execute(self.pool())
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        Ok(deleted)
+    }
+
+    async fn recent_webhook_log(&self, limit: u32) -> Result<Vec<WebhookLogEntry>, StoreError> {
+        let rows = sqlx::query(RECENT_SQL)
+            .bind(i64::from(limit.min(RECENT_WEBHOOK_LOG_MAX)))
+            .fetch_all(self.pool())
+            .await
+            .map_err(backend)?;
+        rows.iter().map(decode_entry).collect()
+    }
+}

@@ -1,0 +1,86 @@
+//! Ports the process managers and the reconciler depend on.
+//!
+//! **Guarantees:** the traits mirror the real clients exactly (same
+//! requests, views and [`PspError`]), so a process manager tested against a
+//! test double behaves the same against Hyperswitch and Stripe.
+//! [`PspStatusReader`] is read-only: holding one cannot move money.
+
+use async_trait::async_trait;
+use ledger_core::Amount;
+use ledger_core::ids::{PaymentId, PspRefundId, StripeTransferId, TransferId};
+
+use crate::error::PspError;
+use crate::hyperswitch::{CreatePayment, CreateRefund, HyperswitchClient, PaymentView, RefundView};
+use crate::stripe::{CreateTransfer, ReversalOutcome, StripeClient, TransferView};
+
+/// Read-only PSP status, for the reconciler's force-sync sweep.
+#[async_trait]
+pub trait PspStatusReader: Send + Sync {
+    async fn get_payment_status(&self, id: &PaymentId) -> Result<PaymentView, PspError>;
+    async fn get_refund_status(&self, id: &PspRefundId) -> Result<RefundView, PspError>;
+}
+
+/// Payments and refunds (Hyperswitch).
+#[async_trait]
+pub trait PaymentGateway: PspStatusReader {
+    async fn create_payment(&self, request: &CreatePayment) -> Result<PaymentView, PspError>;
+    async fn create_refund(&self, request: &CreateRefund) -> Result<RefundView, PspError>;
+}
+
+/// Seller payouts (Stripe Connect).
+#[async_trait]
+pub trait PayoutGateway: Send + Sync {
+    async fn create_transfer(&self, request: &CreateTransfer) -> Result<TransferView, PspError>;
+    async fn reverse_transfer(
+        &self,
+        stripe_transfer_id: &StripeTransferId,
+        reversal_key_id: TransferId,
+        attempt: u32,
+        amount: Option<Amount>,
+    ) -> Result<ReversalOutcome, PspError>;
+    async fn get_transfer(&self, id: &StripeTransferId) -> Result<TransferView, PspError>;
+}
+
+#[async_trait]
+impl PspStatusReader for HyperswitchClient {
+    async fn get_payment_status(&self, id: &PaymentId) -> Result<PaymentView, PspError> {
+        self.get_payment(id).await
+    }
+
+    async fn get_refund_status(&self, id: &PspRefundId) -> Result<RefundView, PspError> {
+        self.get_refund(id).await
+    }
+}
+
+#[async_trait]
+impl PaymentGateway for HyperswitchClient {
+    async fn create_payment(&self, request: &CreatePayment) -> Result<PaymentView, PspError> {
+        HyperswitchClient::create_payment(self, request).await
+    }
+
+    async fn create_refund(&self, request: &CreateRefund) -> Result<RefundView, PspError> {
+        HyperswitchClient::create_refund(self, request).await
+    }
+}
+
+#[async_trait]
+impl PayoutGateway for StripeClient {
+    async fn create_transfer(&self, request: &CreateTransfer) -> Result<TransferView, PspError> {
+        StripeClient::create_transfer(self, request).await
+    }
+
+    async fn reverse_transfer(
+        &self,
+        stripe_transfer_id: &StripeTransferId,
+        reversal_key_id: TransferId,
+        attempt: u32,
+        amount: Option<Amount>,
+    ) -> Result<ReversalOutcome, PspError> {
+        StripeClient::reverse_transfer(self, stripe_transfer_id, reversal_key_id, attempt, amount)
+            .await
+    }
+
+    async fn get_transfer(&self, id: &StripeTransferId) -> Result<TransferView, PspError> {
+        StripeClient::get_transfer(self, id).await
+    }
+}

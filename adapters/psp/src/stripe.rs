@@ -1,0 +1,344 @@
+//! Stripe Connect client: seller transfers and their reversals.
+//!
+//! **Guarantees:**
+//! - Every POST carries an `Idempotency-Key` derived from the ledger id and
+//!   the caller's `attempt` (`transfer:{id}:{attempt}`,
+//!   `reversal:{id}:{attempt}`), so a retry after a transient error can
+//!   never move money twice. Moving `attempt` on is the caller's decision,
+//!   and only after a definitive error ([`PspError::is_transient`] false).
+//! - Bodies are form-encoded with a lowercase currency, as Stripe expects.
+//! - `NotFound` means Stripe's `resource_missing`, nothing else.
+//! - [`StripeClient::reverse_transfer`] never POSTs a reversal for a transfer
+//!   that a GET shows fully reversed; the "already fully reversed" message is
+//!   only a fallback for the race between that GET and the POST.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ledger_core::ids::{SellerAccount, StripeReversalId, StripeTransferId, TransferId};
+use ledger_core::{Amount, Currency};
+use reqwest::Url;
+use serde::Deserialize;
+
+use crate::error::PspError;
+use crate::http::{self, Answer, ErrorBody};
+use crate::secret::Secret;
+
+/// Header Stripe reads the idempotency key from.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
+/// Stripe refuses longer idempotency keys.
+pub const IDEMPOTENCY_KEY_MAX: usize = 255;
+/// Stripe refuses more metadata keys than this.
+pub const METADATA_KEYS_MAX: usize = 50;
+/// Stripe's error code for a missing object.
+pub const RESOURCE_MISSING: &str = "resource_missing";
+
+/// `Idempotency-Key` of a transfer attempt.
+pub fn transfer_idempotency_key(transfer_id: TransferId, attempt: u32) -> String {
+    format!("transfer:{transfer_id}:{attempt}")
+}
+
+/// `Idempotency-Key` of a reversal attempt.
+pub fn reversal_idempotency_key(reversal_key_id: TransferId, attempt: u32) -> String {
+    format!("reversal:{reversal_key_id}:{attempt}")
+}
+
+/// `POST /v1/transfers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateTransfer {
+    pub transfer_id: TransferId,
+    /// Part of the idempotency key; bumped by the caller only after a
+    /// definitive error.
+    pub attempt: u32,
+    pub amount: Amount,
+    pub destination: SellerAccount,
+    pub transfer_group: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A transfer as Stripe reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferView {
+    pub id: StripeTransferId,
+    pub amount: Amount,
+    pub amount_reversed: Amount,
+    pub reversed: bool,
+    pub destination: SellerAccount,
+}
+
+impl TransferView {
+    /// Nothing is left to reverse.
+    pub fn is_fully_reversed(&self) -> bool {
+        self.reversed || self.amount_reversed.minor >= self.amount.minor
+    }
+}
+
+/// A created reversal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReversalView {
+    pub id: StripeReversalId,
+    pub amount: Amount,
+    pub transfer: StripeTransferId,
+}
+
+/// What [`StripeClient::reverse_transfer`] achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReversalOutcome {
+    Reversed(ReversalView),
+    /// Nothing was left to reverse; no new reversal exists.
+    AlreadyReversed {
+        amount_reversed: Amount,
+    },
+}
+
+/// Client for the platform's Stripe account.
+#[derive(Debug, Clone)]
+pub struct StripeClient {
+    http: reqwest::Client,
+    base_url: Url,
+    secret_key: Secret,
+}
+
+impl StripeClient {
+    /// `base_url` is the API root without `/v1` (e.g. `https://api.stripe.com`,
+    /// or the fake's `…/stripe`).
+    pub fn new(
+        base_url: impl Into<String>,
+        secret_key: Secret,
+        timeout: Duration,
+    ) -> Result<Self, PspError> {
+        let base = http::normalise_base(base_url);
+        let base_url =
+            Url::parse(&base).map_err(|e| PspError::Config(format!("stripe base url: {e}")))?;
+        if base_url.cannot_be_a_base() {
+            return Err(PspError::Config("stripe base url cannot be a base".into()));
+        }
+        Ok(StripeClient {
+            http: http::build_client(timeout)?,
+            base_url,
+            secret_key,
+        })
+    }
+
+    /// Creates the transfer under `transfer:{transfer_id}:{attempt}`.
+    pub async fn create_transfer(
+        &self,
+        request: &CreateTransfer,
+    ) -> Result<TransferView, PspError> {
+        const OP: &str = "stripe create_transfer";
+        if !request.amount.is_positive() {
+            return Err(PspError::InvalidRequest {
+                op: OP,
+                reason: format!("amount {} is not positive", request.amount),
+            });
+        }
+        if request.metadata.len() > METADATA_KEYS_MAX {
+            return Err(PspError::InvalidRequest {
+                op: OP,
+                reason: format!("metadata has more than {METADATA_KEYS_MAX} keys"),
+            });
+        }
+        let mut form = vec![
+            ("amount".to_owned(), request.amount.minor.to_string()),
+            ("currency".to_owned(), lower(request.amount.currency)),
+            ("destination".to_owned(), request.destination.to_string()),
+        ];
+        if let Some(group) = &request.transfer_group {
+            form.push(("transfer_group".to_owned(), group.clone()));
+        }
+        for (key, value) in &request.metadata {
+            form.push((format!("metadata[{key}]"), value.clone()));
+        }
+        let key = transfer_idempotency_key(request.transfer_id, request.attempt);
+        let answer = self.post(OP, &["v1", "transfers"], &key, &form).await?;
+        if !answer.is_success() {
+            return Err(api_error(OP, &answer));
+        }
+        transfer_view(OP, &answer)
+    }
+
+    /// `GET /v1/transfers/{id}`.
+    pub async fn get_transfer(&self, id: &StripeTransferId) -> Result<TransferView, PspError> {
+        const OP: &str = "stripe get_transfer";
+        let url = self.url(&["v1", "transfers", id.as_str()])?;
+        let request = self.http.get(url).bearer_auth(self.secret_key.expose());
+        let answer = http::send(OP, request).await?;
+        if !answer.is_success() {
+            return Err(api_error(OP, &answer));
+        }
+        transfer_view(OP, &answer)
+    }
+
+    /// `POST /v1/transfers/{id}/reversals` under `reversal:{reversal_key_id}:{attempt}`.
+    /// `amount: None` reverses whatever remains. Prefer
+    /// [`StripeClient::reverse_transfer`], which checks first.
+    pub async fn create_reversal(
+        &self,
+        stripe_transfer_id: &StripeTransferId,
+        reversal_key_id: TransferId,
+        attempt: u32,
+        amount: Option<Amount>,
+    ) -> Result<ReversalView, PspError> {
+        const OP: &str = "stripe create_reversal";
+        let mut form = Vec::new();
+        if let Some(amount) = amount {
+            if !amount.is_positive() {
+                return Err(PspError::InvalidRequest {
+                    op: OP,
+                    reason: format!("amount {amount} is not positive"),
+                });
+            }
+            form.push(("amount".to_owned(), amount.minor.to_string()));
+        }
+        let key = reversal_idempotency_key(reversal_key_id, attempt);
+        let segments = ["v1", "transfers", stripe_transfer_id.as_str(), "reversals"];
+        let answer = self.post(OP, &segments, &key, &form).await?;
+        if !answer.is_success() {
+            return Err(api_error(OP, &answer));
+        }
+        let raw: wire::Reversal = http::decode(OP, &answer)?;
+        let currency = currency(OP, &answer, &raw.currency)?;
+        Ok(ReversalView {
+            id: StripeReversalId::new(raw.id).map_err(|e| http::invalid(OP, &answer, e))?,
+            amount: Amount::new(raw.amount, currency),
+            transfer: StripeTransferId::new(raw.transfer)
+                .map_err(|e| http::invalid(OP, &answer, e))?,
+        })
+    }
+
+    /// Reverses a transfer unless it is already fully reversed.
+    ///
+    /// GETs the transfer first: fully reversed → `AlreadyReversed` without a
+    /// POST. Otherwise POSTs; if Stripe answers "already fully reversed" (a
+    /// reversal landed in between), that is `AlreadyReversed` too, with the
+    /// whole transfer amount reversed. Every other error is returned as is.
+    pub async fn reverse_transfer(
+        &self,
+        stripe_transfer_id: &StripeTransferId,
+        reversal_key_id: TransferId,
+        attempt: u32,
+        amount: Option<Amount>,
+    ) -> Result<ReversalOutcome, PspError> {
+        let transfer = self.get_transfer(stripe_transfer_id).await?;
+        if transfer.is_fully_reversed() {
+            return Ok(ReversalOutcome::AlreadyReversed {
+                amount_reversed: transfer.amount_reversed,
+            });
+        }
+        match self
+            .create_reversal(stripe_transfer_id, reversal_key_id, attempt, amount)
+            .await
+        {
+            Ok(reversal) => Ok(ReversalOutcome::Reversed(reversal)),
+            Err(error) if error.is_already_fully_reversed() => {
+                tracing::info!(
+                    transfer = %stripe_transfer_id,
+                    "stripe reported the transfer already fully reversed after a GET showed it was not"
+                );
+                Ok(ReversalOutcome::AlreadyReversed {
+                    amount_reversed: transfer.amount,
+                })
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn post(
+        &self,
+        op: &'static str,
+        segments: &[&str],
+        idempotency_key: &str,
+        form: &[(String, String)],
+    ) -> Result<Answer, PspError> {
+        if idempotency_key.len() > IDEMPOTENCY_KEY_MAX {
+            return Err(PspError::InvalidRequest {
+                op,
+                reason: format!("idempotency key is longer than {IDEMPOTENCY_KEY_MAX}"),
+            });
+        }
+        let request = self
+            .http
+            .post(self.url(segments)?)
+            .bearer_auth(self.secret_key.expose())
+            .header(IDEMPOTENCY_KEY_HEADER, idempotency_key)
+            .form(form);
+        http::send(op, request).await
+    }
+
+    fn url(&self, segments: &[&str]) -> Result<Url, PspError> {
+        let mut url = self.base_url.clone();
+        url.path_segments_mut()
+            .map_err(|()| PspError::Config("stripe base url cannot be a base".into()))?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+}
+
+fn lower(currency: Currency) -> String {
+    currency.as_str().to_ascii_lowercase()
+}
+
+fn currency(op: &'static str, answer: &Answer, text: &str) -> Result<Currency, PspError> {
+    Currency::parse(&text.to_ascii_uppercase()).map_err(|e| http::invalid(op, answer, e))
+}
+
+/// Stripe: only `resource_missing` means the object is missing.
+fn api_error(op: &'static str, answer: &Answer) -> PspError {
+    http::api_error(op, answer, |_, error: &ErrorBody| {
+        error.code.as_deref() == Some(RESOURCE_MISSING)
+    })
+}
+
+fn transfer_view(op: &'static str, answer: &Answer) -> Result<TransferView, PspError> {
+    let raw: wire::Transfer = http::decode(op, answer)?;
+    let currency = currency(op, answer, &raw.currency)?;
+    Ok(TransferView {
+        id: StripeTransferId::new(raw.id).map_err(|e| http::invalid(op, answer, e))?,
+        amount: Amount::new(raw.amount, currency),
+        amount_reversed: Amount::new(raw.amount_reversed, currency),
+        reversed: raw.reversed,
+        destination: SellerAccount::new(raw.destination)
+            .map_err(|e| http::invalid(op, answer, e))?,
+    })
+}
+
+mod wire {
+    use super::*;
+
+    #[derive(Deserialize)]
+    pub(super) struct Transfer {
+        pub id: String,
+        pub amount: i64,
+        pub amount_reversed: i64,
+        pub currency: String,
+        pub reversed: bool,
+        pub destination: String,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Reversal {
+        pub id: String,
+        pub amount: i64,
+        pub currency: String,
+        pub transfer: String,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    #[test]
+    fn idempotency_keys_have_the_documented_shape_and_fit_stripe() {
+        let id = TransferId(Uuid::from_u128(1));
+        let key = transfer_idempotency_key(id, u32::MAX);
+        assert_eq!(key, format!("transfer:{}:{}", Uuid::from_u128(1), u32::MAX));
+        assert!(key.len() <= IDEMPOTENCY_KEY_MAX);
+        assert_eq!(
+            reversal_idempotency_key(id, 0),
+            "reversal:00000000-0000-0000-0000-000000000001:0"
+        );
+    }
+}

@@ -1,0 +1,112 @@
+//! [`WebhookLogStore`] on SQLite: the `hyperswitch_webhook_log` table.
+//!
+//! Writes go through the single writer in `begin immediate` transactions;
+//! reads use the read-only pool. `received_at` is integer microseconds.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use ledger_store::StoreError;
+use ledger_store::webhook_log::{
+    RECENT_WEBHOOK_LOG_MAX, RESULT_OK, WebhookLogEntry, WebhookLogStore, is_processing_result,
+    storable_text,
+};
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use crate::idempotency::micros_to_time;
+use crate::{SqliteStore, backend, finish};
+
+const INSERT_SQL: &str = "insert into hyperswitch_webhook_log \
+     (payload, signature_valid, processing_result, source_ip, user_agent, request_id, \
+      event_type, event_id, received_at) \
+     values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) returning id";
+
+const PROCESSED_SQL: &str = "select exists (select 1 from hyperswitch_webhook_log \
+     where event_id = ?1 and processing_result = ?2)";
+
+const DELETE_BEFORE_SQL: &str = "delete from hyperswitch_webhook_log where id in ( \
+         select id from hyperswitch_webhook_log where received_at < ?1 \
+         order by received_at, id limit ?2)";
+
+const RECENT_SQL: &str = "select payload, signature_valid, processing_result, source_ip, \
+            user_agent, request_id, event_type, event_id, received_at \
+     from hyperswitch_webhook_log order by received_at desc, id desc limit ?1";
+
+fn opt_text(value: Option<&String>) -> Option<String> {
+    value.map(|v| storable_text(v).into_owned())
+}
+
+fn decode_entry(row: &SqliteRow) -> Result<WebhookLogEntry, StoreError> {
+    let received_at: i64 = row.try_get("received_at").map_err(backend)?;
+    Ok(WebhookLogEntry {
+        payload: row.try_get("payload").map_err(backend)?,
+        signature_valid: row.try_get("signature_valid").map_err(backend)?,
+        processing_result: row.try_get("processing_result").map_err(backend)?,
+        source_ip: row.try_get("source_ip").map_err(backend)?,
+        user_agent: row.try_get("user_agent").map_err(backend)?,
+        request_id: row.try_get("request_id").map_err(backend)?,
+        event_type: row.try_get("event_type").map_err(backend)?,
+        event_id: row.try_get("event_id").map_err(backend)?,
+        received_at: micros_to_time(received_at, "webhook log received_at")?,
+    })
+}
+
+#[async_trait]
+impl WebhookLogStore for SqliteStore {
+    async fn insert_webhook_log(&self, entry: &WebhookLogEntry) -> Result<i64, StoreError> {
+        if !is_processing_result(&entry.processing_result) {
+            return Err(StoreError::Backend(format!(
+                "webhook log processing_result {:?} is not one of the stored values",
+                entry.processing_result
+            )));
+        }
+        let mut tx = self.begin_write().await?;
+        let outcome = sqlx::query_scalar(INSERT_SQL)
+            .bind(storable_text(&entry.payload).as_ref())
+            .bind(entry.signature_valid)
+            .bind(storable_text(&entry.processing_result).as_ref())
+            .bind(opt_text(entry.source_ip.as_ref()))
+            .bind(opt_text(entry.user_agent.as_ref()))
+            .bind(storable_text(&entry.request_id).as_ref())
+            .bind(opt_text(entry.event_type.as_ref()))
+            .bind(opt_text(entry.event_id.as_ref()))
+            .bind(entry.received_at.timestamp_micros())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend);
+        finish(tx, outcome).await
+    }
+
+    async fn webhook_event_processed(&self, event_id: &str) -> Result<bool, StoreError> {
+        sqlx::query_scalar(PROCESSED_SQL)
+            .bind(storable_text(event_id).as_ref())
+            .bind(RESULT_OK)
+            .fetch_one(self.reader())
+            .await
+            .map_err(backend)
+    }
+
+    async fn delete_webhook_log_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let outcome = sqlx::query(DELETE_BEFORE_SQL)
+            .bind(cutoff.timestamp_micros())
+            .bind(i64::from(limit))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend);
+        Ok(finish(tx, outcome).await?.rows_affected())
+    }
+
+    async fn recent_webhook_log(&self, limit: u32) -> Result<Vec<WebhookLogEntry>, StoreError> {
+        let rows = sqlx::query(RECENT_SQL)
+            .bind(i64::from(limit.min(RECENT_WEBHOOK_LOG_MAX)))
+            .fetch_all(self.reader())
+            .await
+            .map_err(backend)?;
+        rows.iter().map(decode_entry).collect()
+    }
+}

@@ -1,0 +1,786 @@
+//! Shared cases for the HTTP-edge ports ([`IdempotencyStore`],
+//! [`WebhookLogStore`]) that every SQL backend runs unchanged through
+//! [`ports_suite!`](crate::ports_suite), like
+//! [`conformance_suite!`](crate::conformance_suite) does for the event store.
+//!
+//! A backend's test file does one of:
+//!
+//! ```ignore
+//! mod postgres {
+//!     // The factory yields the store itself.
+//!     ledger_store::ports_suite!(crate::fresh_store().await);
+//! }
+//! mod sqlite {
+//!     // The factory yields a holder (say, a store and its temporary
+//!     // directory) that must outlive the case; `store` projects the store.
+//!     ledger_store::ports_suite!(holder = crate::fresh_store().await, store = holder.store.clone());
+//! }
+//! ```
+//!
+//! **Requirements:** the factory hands each case a *fresh, empty* store
+//! (cases count and list every row of a table); the store is `Clone` sharing
+//! one pool, so cases can race it from spawned tokio tasks.
+//!
+//! **Guarantees:** every case asserts exact values (variants, bytes, counts,
+//! order), so each one can fail. Concurrency is real (tasks on a
+//! multi-thread runtime against the backend's pool, released together by a
+//! barrier); nothing sleeps.
+
+// Test code shipped in the library so each backend's test crate can run it:
+// panicking on an unexpected result is how a case fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tokio::sync::Barrier;
+
+use crate::idempotency::{Begin, IDEMPOTENCY_KEY_MAX, IdempotencyStore, StoredResponse};
+use crate::webhook_log::{WebhookLogEntry, WebhookLogStore};
+
+/// Tasks racing `begin` on one key.
+pub const BEGIN_RACERS: usize = 16;
+/// Rounds (each on its own key) of the begin race and of the takeover race:
+/// more rounds, more interleavings tried.
+pub const RACE_ROUNDS: usize = 4;
+/// The lease the cases use.
+pub const LEASE: Duration = Duration::from_secs(60);
+
+/// Runs every ports case as a `#[test]` named after it, each on its own
+/// multi-thread runtime (see [`crate::conformance::__run_case`]).
+#[macro_export]
+macro_rules! ports_suite {
+    // `$holder` is the caller's identifier, so `$project` can name it.
+    ($holder:ident = $factory:expr, store = $project:expr $(,)?) => {
+        $crate::ports_suite!(@list [store] [let $holder = $factory; let store = $project;]);
+    };
+    ($factory:expr $(,)?) => {
+        $crate::ports_suite!(@list [store] [let store = $factory;]);
+    };
+    (@list [$store:ident] [$($bind:tt)*]) => {
+        $crate::ports_suite!(@cases [$store] [{ $($bind)* }];
+            idempotency_first_begin_starts_then_in_progress,
+            idempotency_complete_replays_identical_bytes,
+            idempotency_first_completion_wins,
+            idempotency_different_hash_is_mismatch,
+            idempotency_lease_boundary_and_takeover,
+            idempotency_concurrent_takeovers_have_one_winner,
+            idempotency_concurrent_begins_have_one_winner,
+            idempotency_release_lets_a_retry_start,
+            idempotency_purge_deletes_old_completed_only,
+            idempotency_scopes_are_independent,
+            idempotency_key_length_is_bounded,
+            webhook_log_every_field_round_trips,
+            webhook_log_processed_only_for_ok_rows,
+            webhook_log_delete_respects_cutoff_and_limit,
+            webhook_log_recent_is_newest_first,
+            webhook_log_refuses_unknown_processing_result,
+        );
+    };
+    // `$store` and the `let` that binds it come from the same expansion, so
+    // hygiene lets the case call see the binding.
+    (@cases [$store:ident] [$bind:tt]; $($case:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::conformance::__run_case(::std::stringify!($case), async {
+                    $crate::ports_suite!(@run [$store] $bind $case);
+                });
+            }
+        )+
+    };
+    // Binds the store (a `{ let …; }` group, unpacked here so the bindings
+    // stay in the case's scope) and runs one case.
+    (@run [$store:ident] { $($bind:tt)* } $case:ident) => {
+        $($bind)*
+        $crate::ports_conformance::$case(&$store).await;
+    };
+}
+
+fn at(secs: i64) -> DateTime<Utc> {
+    // 2026-11-27T00:00:00Z: whole seconds, so every backend stores it exactly.
+    DateTime::from_timestamp(1_795_737_600 + secs, 0).unwrap()
+}
+
+fn micros(n: i64) -> TimeDelta {
+    TimeDelta::microseconds(n)
+}
+
+const SCOPE: &str = "POST /v1/orders";
+
+fn hash(byte: u8) -> [u8; 32] {
+    [byte; 32]
+}
+
+fn response(body: &[u8]) -> StoredResponse {
+    StoredResponse {
+        status: 201,
+        content_type: "application/json; charset=utf-8".to_owned(),
+        body: body.to_vec(),
+    }
+}
+
+pub async fn idempotency_first_begin_starts_then_in_progress<S: IdempotencyStore>(store: &S) {
+    let begun = store
+        .begin(SCOPE, "k1", &hash(1), at(0), LEASE)
+        .await
+        .unwrap();
+    assert_eq!(begun, Begin::Started);
+    let again = store
+        .begin(SCOPE, "k1", &hash(1), at(1), LEASE)
+        .await
+        .unwrap();
+    assert_eq!(again, Begin::InProgress);
+    // Another key is untouched by the first.
+    let other = store
+        .begin(SCOPE, "k2", &hash(1), at(1), LEASE)
+        .await
+        .unwrap();
+    assert_eq!(other, Begin::Started);
+}
+
+pub async fn idempotency_complete_replays_identical_bytes<S: IdempotencyStore>(store: &S) {
+    // Not UTF-8, with NULs and every byte value: stored as bytes, not text.
+    let mut body = vec![0xff, 0xfe, 0x00, b'{', 0x80, 0x00];
+    body.extend(0..=255u8);
+    let stored = StoredResponse {
+        status: 202,
+        content_type: "application/octet-stream".to_owned(),
+        body,
+    };
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(7), at(0), LEASE)
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    store.complete(SCOPE, "k", &stored, at(1)).await.unwrap();
+    // Long after the lease: a completed record replays, it is never taken over.
+    let replay = store
+        .begin(SCOPE, "k", &hash(7), at(86_400), LEASE)
+        .await
+        .unwrap();
+    assert_eq!(replay, Begin::Completed(stored.clone()));
+    // An empty body replays as empty, not as "no response".
+    assert_eq!(
+        store
+            .begin(SCOPE, "e", &hash(7), at(0), LEASE)
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    let empty = StoredResponse {
+        status: 204,
+        content_type: String::new(),
+        body: Vec::new(),
+    };
+    store.complete(SCOPE, "e", &empty, at(1)).await.unwrap();
+    assert_eq!(
+        store
+            .begin(SCOPE, "e", &hash(7), at(2), LEASE)
+            .await
+            .unwrap(),
+        Begin::Completed(empty)
+    );
+}
+
+pub async fn idempotency_first_completion_wins<S: IdempotencyStore>(store: &S) {
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), at(0), LEASE)
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    store
+        .complete(SCOPE, "k", &response(b"first"), at(1))
+        .await
+        .unwrap();
+    // A late holder (say, the one whose lease was taken over) completes too.
+    store
+        .complete(SCOPE, "k", &response(b"second"), at(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), at(3), LEASE)
+            .await
+            .unwrap(),
+        Begin::Completed(response(b"first"))
+    );
+    // Completing a key nobody began stores nothing.
+    store
+        .complete(SCOPE, "never-begun", &response(b"x"), at(4))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .begin(SCOPE, "never-begun", &hash(1), at(5), LEASE)
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+}
+
+pub async fn idempotency_different_hash_is_mismatch<S: IdempotencyStore>(store: &S) {
+    // In progress.
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), at(0), LEASE)
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(2), at(1), LEASE)
+            .await
+            .unwrap(),
+        Begin::Mismatch
+    );
+    // In progress with an expired lease: still a mismatch, never a takeover.
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(2), at(10_000), LEASE)
+            .await
+            .unwrap(),
+        Begin::Mismatch
+    );
+    // The mismatching calls left the claim alone.
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), at(2), LEASE)
+            .await
+            .unwrap(),
+        Begin::InProgress
+    );
+    // Completed.
+    store
+        .complete(SCOPE, "k", &response(b"{}"), at(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(2), at(4), LEASE)
+            .await
+            .unwrap(),
+        Begin::Mismatch
+    );
+    // One differing byte is enough.
+    let mut close = hash(1);
+    close[31] = 0;
+    assert_eq!(
+        store.begin(SCOPE, "k", &close, at(5), LEASE).await.unwrap(),
+        Begin::Mismatch
+    );
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), at(6), LEASE)
+            .await
+            .unwrap(),
+        Begin::Completed(response(b"{}"))
+    );
+}
+
+pub async fn idempotency_lease_boundary_and_takeover<S: IdempotencyStore>(store: &S) {
+    let lease = TimeDelta::from_std(LEASE).unwrap();
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), at(0), LEASE)
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    // Started exactly `lease` ago: still held.
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), at(0) + lease, LEASE)
+            .await
+            .unwrap(),
+        Begin::InProgress
+    );
+    // One microsecond later the holder is presumed dead.
+    let takeover_at = at(0) + lease + micros(1);
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), takeover_at, LEASE)
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    // The takeover renewed the lease: the next caller waits again.
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), takeover_at + lease, LEASE)
+            .await
+            .unwrap(),
+        Begin::InProgress
+    );
+    // And the new holder's completion is what replays.
+    store
+        .complete(
+            SCOPE,
+            "k",
+            &response(b"new holder"),
+            takeover_at + micros(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), takeover_at + lease * 10, LEASE)
+            .await
+            .unwrap(),
+        Begin::Completed(response(b"new holder"))
+    );
+}
+
+/// Starts `tasks` calls to `begin` on `key` at once and returns their answers.
+async fn race_begin<S: IdempotencyStore + Clone + 'static>(
+    store: &S,
+    key: &str,
+    tasks: usize,
+    now: DateTime<Utc>,
+) -> Vec<Begin> {
+    let barrier = Arc::new(Barrier::new(tasks));
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let store = store.clone();
+            let barrier = barrier.clone();
+            let key = key.to_owned();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.begin(SCOPE, &key, &hash(9), now, LEASE).await
+            })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(tasks);
+    for handle in handles {
+        answers.push(handle.await.unwrap().unwrap());
+    }
+    answers
+}
+
+fn count(answers: &[Begin], wanted: &Begin) -> usize {
+    answers.iter().filter(|a| *a == wanted).count()
+}
+
+pub async fn idempotency_concurrent_takeovers_have_one_winner<
+    S: IdempotencyStore + Clone + 'static,
+>(
+    store: &S,
+) {
+    let lease = TimeDelta::from_std(LEASE).unwrap();
+    for round in 0..RACE_ROUNDS {
+        let key = format!("takeover-{round}");
+        assert_eq!(
+            store
+                .begin(SCOPE, &key, &hash(9), at(0), LEASE)
+                .await
+                .unwrap(),
+            Begin::Started
+        );
+        let answers = race_begin(store, &key, 2, at(0) + lease + micros(1)).await;
+        assert_eq!(
+            count(&answers, &Begin::Started),
+            1,
+            "round {round}: {answers:?}"
+        );
+        assert_eq!(
+            count(&answers, &Begin::InProgress),
+            1,
+            "round {round}: {answers:?}"
+        );
+    }
+}
+
+pub async fn idempotency_concurrent_begins_have_one_winner<
+    S: IdempotencyStore + Clone + 'static,
+>(
+    store: &S,
+) {
+    for round in 0..RACE_ROUNDS {
+        let key = format!("race-{round}");
+        let answers = race_begin(store, &key, BEGIN_RACERS, at(0)).await;
+        assert_eq!(
+            count(&answers, &Begin::Started),
+            1,
+            "round {round}: {answers:?}"
+        );
+        assert_eq!(
+            count(&answers, &Begin::InProgress),
+            BEGIN_RACERS - 1,
+            "round {round}: {answers:?}"
+        );
+    }
+}
+
+pub async fn idempotency_release_lets_a_retry_start<S: IdempotencyStore>(store: &S) {
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), at(0), LEASE)
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    store.release(SCOPE, "k").await.unwrap();
+    // Within the old lease, and even with another body: the key is free.
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(2), at(1), LEASE)
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    store
+        .complete(SCOPE, "k", &response(b"done"), at(2))
+        .await
+        .unwrap();
+    // A completed record is never released.
+    store.release(SCOPE, "k").await.unwrap();
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(2), at(3), LEASE)
+            .await
+            .unwrap(),
+        Begin::Completed(response(b"done"))
+    );
+    // Releasing an unknown key is a no-op, not an error.
+    store.release(SCOPE, "unknown").await.unwrap();
+}
+
+pub async fn idempotency_purge_deletes_old_completed_only<S: IdempotencyStore>(store: &S) {
+    // Completed at 10, 20, 30 (oldest first), and at the cutoff (40).
+    for (key, done) in [("c10", 10), ("c30", 30), ("c20", 20), ("c40", 40)] {
+        assert_eq!(
+            store
+                .begin(SCOPE, key, &hash(1), at(0), LEASE)
+                .await
+                .unwrap(),
+            Begin::Started
+        );
+        store
+            .complete(SCOPE, key, &response(key.as_bytes()), at(done))
+            .await
+            .unwrap();
+    }
+    // An abandoned claim from long ago: not completed, so not purged.
+    assert_eq!(
+        store
+            .begin(SCOPE, "open", &hash(1), at(0), LEASE)
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    let cutoff = at(40);
+    assert_eq!(store.purge_before(cutoff, 0).await.unwrap(), 0);
+    assert_eq!(store.purge_before(cutoff, 1).await.unwrap(), 1);
+    // The oldest went first.
+    assert_eq!(
+        store
+            .begin(SCOPE, "c10", &hash(1), at(50), LEASE)
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    assert_eq!(
+        store
+            .begin(SCOPE, "c20", &hash(1), at(50), LEASE)
+            .await
+            .unwrap(),
+        Begin::Completed(response(b"c20"))
+    );
+    assert_eq!(store.purge_before(cutoff, 100).await.unwrap(), 2);
+    assert_eq!(store.purge_before(cutoff, 100).await.unwrap(), 0);
+    // Completed exactly at the cutoff stays; the open claim stays (still
+    // in progress at 50: its lease is long over, so it is taken over).
+    assert_eq!(
+        store
+            .begin(SCOPE, "c40", &hash(1), at(50), LEASE)
+            .await
+            .unwrap(),
+        Begin::Completed(response(b"c40"))
+    );
+    assert_eq!(
+        store
+            .begin(SCOPE, "c30", &hash(1), at(50), LEASE)
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    assert_eq!(
+        store
+            .begin(SCOPE, "open", &hash(2), at(50), LEASE)
+            .await
+            .unwrap(),
+        Begin::Mismatch
+    );
+}
+
+pub async fn idempotency_scopes_are_independent<S: IdempotencyStore>(store: &S) {
+    let other = "POST /v1/orders/{id}/refunds";
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), at(0), LEASE)
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    assert_eq!(
+        store
+            .begin(other, "k", &hash(2), at(0), LEASE)
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    store
+        .complete(other, "k", &response(b"refund"), at(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), at(2), LEASE)
+            .await
+            .unwrap(),
+        Begin::InProgress
+    );
+    store.release(SCOPE, "k").await.unwrap();
+    assert_eq!(
+        store
+            .begin(other, "k", &hash(2), at(3), LEASE)
+            .await
+            .unwrap(),
+        Begin::Completed(response(b"refund"))
+    );
+}
+
+pub async fn idempotency_key_length_is_bounded<S: IdempotencyStore>(store: &S) {
+    // At the limit, in multi-byte characters: accepted and round-trips.
+    let longest = "é".repeat(IDEMPOTENCY_KEY_MAX);
+    assert_eq!(
+        store
+            .begin(SCOPE, &longest, &hash(1), at(0), LEASE)
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    store
+        .complete(SCOPE, &longest, &response(b"ok"), at(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .begin(SCOPE, &longest, &hash(1), at(2), LEASE)
+            .await
+            .unwrap(),
+        Begin::Completed(response(b"ok"))
+    );
+    // Over the limit, or empty: an error, never a panic, and nothing stored.
+    let too_long = "k".repeat(IDEMPOTENCY_KEY_MAX + 1);
+    for key in [too_long.as_str(), ""] {
+        assert!(
+            store
+                .begin(SCOPE, key, &hash(1), at(0), LEASE)
+                .await
+                .is_err(),
+            "{} chars",
+            key.len()
+        );
+        assert!(
+            store
+                .complete(SCOPE, key, &response(b"x"), at(0))
+                .await
+                .is_err()
+        );
+        assert!(store.release(SCOPE, key).await.is_err());
+    }
+    // A key the database cannot hold (a NUL) fails cleanly too, or works:
+    // either way no panic and no effect on other keys.
+    let _ = store.begin(SCOPE, "nul\0key", &hash(1), at(0), LEASE).await;
+    assert_eq!(
+        store
+            .begin(SCOPE, &longest, &hash(1), at(3), LEASE)
+            .await
+            .unwrap(),
+        Begin::Completed(response(b"ok"))
+    );
+}
+
+fn entry(n: i64) -> WebhookLogEntry {
+    WebhookLogEntry {
+        payload: format!(r#"{{"event_type":"payment_succeeded","n":{n},"note":"café ☕"}}"#),
+        signature_valid: true,
+        processing_result: "ok".to_owned(),
+        source_ip: Some("203.0.113.7".to_owned()),
+        user_agent: Some("Hyperswitch/1.0".to_owned()),
+        request_id: format!("req-{n}"),
+        event_type: Some("payment_succeeded".to_owned()),
+        event_id: Some(format!("evt_{n}")),
+        received_at: at(n),
+    }
+}
+
+pub async fn webhook_log_every_field_round_trips<S: WebhookLogStore>(store: &S) {
+    let full = entry(1);
+    let sparse = WebhookLogEntry {
+        payload: String::new(),
+        signature_valid: false,
+        processing_result: "signature_invalid".to_owned(),
+        source_ip: None,
+        user_agent: None,
+        request_id: "0b0e4c1e-0000-4000-8000-000000000000".to_owned(),
+        event_type: None,
+        event_id: None,
+        received_at: at(2) + micros(123_456),
+    };
+    let error = WebhookLogEntry {
+        payload: "not json \u{1F4B8}".to_owned(),
+        processing_result: "error: refund ref_1 not found".to_owned(),
+        event_type: Some(String::new()),
+        received_at: at(3),
+        ..entry(3)
+    };
+    let skipped = WebhookLogEntry {
+        processing_result: "skipped".to_owned(),
+        event_type: Some("dispute.opened".to_owned()),
+        received_at: at(4),
+        ..entry(4)
+    };
+    let duplicate = WebhookLogEntry {
+        processing_result: "duplicate".to_owned(),
+        received_at: at(5),
+        ..entry(1)
+    };
+    let written = [full, sparse, error, skipped, duplicate];
+    let mut ids = Vec::new();
+    for e in &written {
+        ids.push(store.insert_webhook_log(e).await.unwrap());
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids {ids:?}");
+
+    // A NUL (valid UTF-8, not storable as Postgres text) still lands, as U+FFFD.
+    let nul = WebhookLogEntry {
+        payload: "a\0b".to_owned(),
+        received_at: at(6),
+        ..entry(6)
+    };
+    store.insert_webhook_log(&nul).await.unwrap();
+
+    let mut read = store.recent_webhook_log(100).await.unwrap();
+    assert_eq!(read.len(), written.len() + 1);
+    assert_eq!(
+        read.remove(0),
+        WebhookLogEntry {
+            payload: "a\u{FFFD}b".to_owned(),
+            ..nul
+        }
+    );
+    read.reverse();
+    assert_eq!(read, written.to_vec());
+}
+
+pub async fn webhook_log_processed_only_for_ok_rows<S: WebhookLogStore>(store: &S) {
+    assert!(!store.webhook_event_processed("evt_1").await.unwrap());
+    for (i, result) in ["error: boom", "signature_invalid", "skipped", "duplicate"]
+        .into_iter()
+        .enumerate()
+    {
+        let e = WebhookLogEntry {
+            processing_result: result.to_owned(),
+            received_at: at(i as i64),
+            ..entry(1)
+        };
+        store.insert_webhook_log(&e).await.unwrap();
+        assert!(
+            !store.webhook_event_processed("evt_1").await.unwrap(),
+            "{result} row counted as processed"
+        );
+    }
+    // An ok row without an event id matches no id, not even "".
+    let anonymous = WebhookLogEntry {
+        event_id: None,
+        ..entry(2)
+    };
+    store.insert_webhook_log(&anonymous).await.unwrap();
+    assert!(!store.webhook_event_processed("").await.unwrap());
+
+    store.insert_webhook_log(&entry(1)).await.unwrap();
+    assert!(store.webhook_event_processed("evt_1").await.unwrap());
+    // Exact match only.
+    assert!(!store.webhook_event_processed("evt_10").await.unwrap());
+    assert!(!store.webhook_event_processed("EVT_1").await.unwrap());
+    assert!(!store.webhook_event_processed("evt_").await.unwrap());
+}
+
+pub async fn webhook_log_delete_respects_cutoff_and_limit<S: WebhookLogStore>(store: &S) {
+    let cutoff = at(100);
+    // Inserted out of time order, so "oldest first" cannot be insertion order.
+    let times = [
+        cutoff - micros(1),
+        cutoff - TimeDelta::seconds(3),
+        cutoff,
+        cutoff - TimeDelta::seconds(2),
+        cutoff + TimeDelta::seconds(1),
+    ];
+    for (i, t) in times.iter().enumerate() {
+        let e = WebhookLogEntry {
+            received_at: *t,
+            ..entry(i as i64)
+        };
+        store.insert_webhook_log(&e).await.unwrap();
+    }
+    let remaining = |rows: Vec<WebhookLogEntry>| {
+        let mut t: Vec<_> = rows.into_iter().map(|e| e.received_at).collect();
+        t.sort();
+        t
+    };
+    assert_eq!(store.delete_webhook_log_before(cutoff, 0).await.unwrap(), 0);
+    assert_eq!(store.delete_webhook_log_before(cutoff, 2).await.unwrap(), 2);
+    assert_eq!(
+        remaining(store.recent_webhook_log(100).await.unwrap()),
+        vec![cutoff - micros(1), cutoff, cutoff + TimeDelta::seconds(1)]
+    );
+    assert_eq!(store.delete_webhook_log_before(cutoff, 2).await.unwrap(), 1);
+    assert_eq!(store.delete_webhook_log_before(cutoff, 2).await.unwrap(), 0);
+    assert_eq!(
+        remaining(store.recent_webhook_log(100).await.unwrap()),
+        vec![cutoff, cutoff + TimeDelta::seconds(1)]
+    );
+}
+
+pub async fn webhook_log_recent_is_newest_first<S: WebhookLogStore>(store: &S) {
+    assert!(store.recent_webhook_log(10).await.unwrap().is_empty());
+    for n in [3, 1, 5, 2, 4] {
+        store.insert_webhook_log(&entry(n)).await.unwrap();
+    }
+    // Two deliveries in the same microsecond: the later insert is newer.
+    let tie_a = WebhookLogEntry {
+        request_id: "tie-a".to_owned(),
+        ..entry(5)
+    };
+    let tie_b = WebhookLogEntry {
+        request_id: "tie-b".to_owned(),
+        ..entry(5)
+    };
+    store.insert_webhook_log(&tie_a).await.unwrap();
+    store.insert_webhook_log(&tie_b).await.unwrap();
+
+    let recent = store.recent_webhook_log(4).await.unwrap();
+    let ids: Vec<_> = recent.iter().map(|e| e.request_id.as_str()).collect();
+    assert_eq!(ids, ["tie-b", "tie-a", "req-5", "req-4"]);
+    assert!(store.recent_webhook_log(0).await.unwrap().is_empty());
+    assert_eq!(store.recent_webhook_log(100).await.unwrap().len(), 7);
+}
+
+pub async fn webhook_log_refuses_unknown_processing_result<S: WebhookLogStore>(store: &S) {
+    for bad in ["bogus", "", "error:no-space", "OK"] {
+        let e = WebhookLogEntry {
+            processing_result: bad.to_owned(),
+            ..entry(1)
+        };
+        assert!(store.insert_webhook_log(&e).await.is_err(), "{bad:?}");
+    }
+    assert!(store.recent_webhook_log(10).await.unwrap().is_empty());
+}

@@ -1,0 +1,117 @@
+//! The webhook-log port: one row per PSP webhook delivery, written once with
+//! its final state (the seed's `hyperswitch_webhook_log`), kept for forensics
+//! and for delivery dedupe, and swept by the retention job.
+//!
+//! **Guarantees** (every backend, checked by
+//! [`ports_suite!`](crate::ports_suite)):
+//! - Every field round-trips, `None`s and empty strings included, except that
+//!   a NUL character (which Postgres `text` cannot hold) is stored as U+FFFD
+//!   on every backend (see [`storable_text`]), so such a delivery still lands.
+//! - `processing_result` is one of [`RESULT_OK`], [`RESULT_SIGNATURE_INVALID`],
+//!   [`RESULT_SKIPPED`], [`RESULT_DUPLICATE`] or starts with
+//!   [`RESULT_ERROR_PREFIX`]; the tables refuse anything else (named check).
+//! - Deletes go oldest first (`received_at`, then id) and never touch a row
+//!   at or after the cutoff.
+
+use std::borrow::Cow;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::StoreError;
+
+/// The delivery was processed.
+pub const RESULT_OK: &str = "ok";
+/// The signature did not verify; nothing was processed.
+pub const RESULT_SIGNATURE_INVALID: &str = "signature_invalid";
+/// A valid delivery of an event type with no handler.
+pub const RESULT_SKIPPED: &str = "skipped";
+/// A re-delivery of an event id already processed `ok`.
+pub const RESULT_DUPLICATE: &str = "duplicate";
+/// Processing failed: `error: <message>`.
+pub const RESULT_ERROR_PREFIX: &str = "error: ";
+
+/// Most rows one [`WebhookLogStore::recent_webhook_log`] returns; larger
+/// requests are clamped. Payloads are up to 64 KiB each, so this bounds one
+/// admin read to about 64 MiB.
+pub const RECENT_WEBHOOK_LOG_MAX: u32 = 1_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookLogEntry {
+    /// Invalid UTF-8 body → empty string (caller does that).
+    pub payload: String,
+    pub signature_valid: bool,
+    /// ok | error: <msg> | signature_invalid | skipped | duplicate
+    pub processing_result: String,
+    pub source_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: String,
+    pub event_type: Option<String>,
+    pub event_id: Option<String>,
+    pub received_at: DateTime<Utc>,
+}
+
+#[async_trait]
+pub trait WebhookLogStore: Send + Sync {
+    /// Writes one row (its final state); returns its id.
+    async fn insert_webhook_log(&self, entry: &WebhookLogEntry) -> Result<i64, StoreError>;
+    /// True when a row with this event_id and processing_result 'ok' exists (delivery dedupe).
+    async fn webhook_event_processed(&self, event_id: &str) -> Result<bool, StoreError>;
+    /// Deletes at most `limit` rows with received_at < cutoff (oldest first); returns rows deleted.
+    async fn delete_webhook_log_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
+    /// For tests and the admin surface: newest first (`received_at`, then
+    /// insertion order), at most [`RECENT_WEBHOOK_LOG_MAX`].
+    async fn recent_webhook_log(&self, limit: u32) -> Result<Vec<WebhookLogEntry>, StoreError>;
+}
+
+/// `text` as every backend stores it: NUL characters (valid UTF-8, but not
+/// storable in Postgres `text`) become U+FFFD, the same on every backend.
+pub fn storable_text(text: &str) -> Cow<'_, str> {
+    if text.contains('\0') {
+        Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+/// Whether `result` is one of the values the tables accept.
+pub fn is_processing_result(result: &str) -> bool {
+    matches!(
+        result,
+        RESULT_OK | RESULT_SIGNATURE_INVALID | RESULT_SKIPPED | RESULT_DUPLICATE
+    ) || result.starts_with(RESULT_ERROR_PREFIX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_becomes_replacement_character_and_clean_text_is_borrowed() {
+        assert_eq!(storable_text("a\0b\0"), "a\u{FFFD}b\u{FFFD}");
+        assert!(matches!(
+            storable_text("clean ☕"),
+            Cow::Borrowed("clean ☕")
+        ));
+    }
+
+    #[test]
+    fn processing_results() {
+        for ok in [
+            "ok",
+            "signature_invalid",
+            "skipped",
+            "duplicate",
+            "error: boom",
+        ] {
+            assert!(is_processing_result(ok), "{ok}");
+        }
+        for bad in ["", "OK", "error", "error:x", "failed"] {
+            assert!(!is_processing_result(bad), "{bad}");
+        }
+    }
+}

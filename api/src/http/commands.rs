@@ -1,0 +1,576 @@
+//! Command routes: `POST /v1/orders`, `POST /v1/orders/{id}/refunds` and the
+//! admin commands.
+//!
+//! **Guarantees:** input is validated into core types *before* the
+//! idempotency claim, so a refused request writes nothing; new stream ids
+//! come from the Idempotency-Key (`order_id_from_idempotency_key`,
+//! `refund_id_from_idempotency_key`), so even a lost idempotency record can
+//! never create a second order or refund.
+
+use axum::Extension;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use ledger_core::ExpectedVersion;
+use ledger_core::ids::{
+    BuyerId, OrderId, ProductId, SellerAccount, SellerId, StreamId, TransferId,
+    command_id_from_cause, order_id_from_idempotency_key, refund_id_from_idempotency_key,
+};
+use ledger_core::order::{
+    LineInput, ORDER_LINES_MAX, Order, OrderCommand, OrderRejection, OrderState, PlacedOrder,
+};
+use ledger_core::refund::{Refund, RefundCommand, RefundRejection, RefundState};
+use ledger_core::{Currency, Decider, Metadata, Source};
+use ledger_store::StoreError;
+use ledger_store::handle::{CommandContext, HandleError, Handled, execute, load, to_new_events};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::auth::Principal;
+use super::error::{ApiError, ErrorBody};
+use super::idempotency::{self, JsonReply};
+use super::{AppState, COMMAND_BODY_MAX, LimitedBody, RequestId};
+
+/// `POST /v1/orders` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrderRequest {
+    pub buyer_id: String,
+    /// ISO 4217, e.g. `USD`.
+    pub currency: String,
+    pub items: Vec<OrderItemRequest>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderItemRequest {
+    pub product_id: String,
+    pub seller_id: String,
+    /// The seller's Stripe Connect account, `acct_…`.
+    pub seller_account: String,
+    pub unit_amount_minor: i64,
+    pub quantity: i64,
+    /// Optional; when present it must equal the order's currency.
+    pub currency: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderCreated {
+    pub order_id: String,
+    pub status: String,
+    pub currency: String,
+    pub total_minor: i64,
+    pub fee_minor: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+}
+
+/// `POST /v1/orders/{id}/refunds` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundRequest {
+    /// Lines to refund; absent means everything still refundable.
+    pub product_ids: Option<Vec<String>>,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RefundAccepted {
+    pub refund_id: String,
+    pub order_id: String,
+    pub status: String,
+    pub amount_minor: i64,
+    pub currency: String,
+}
+
+/// Parses a JSON body into `T`, with 400s that say what is wrong.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Data => ApiError::bad_request("invalid_request", e.to_string()),
+            Category::Syntax | Category::Eof | Category::Io => {
+                ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+            }
+        }
+    })
+}
+
+fn field<T, E: std::fmt::Display>(name: &str, r: Result<T, E>) -> Result<T, ApiError> {
+    r.map_err(|e| ApiError::unprocessable("invalid_field", format!("{name}: {e}")))
+}
+
+pub fn order_rejection(e: OrderRejection) -> ApiError {
+    let message = e.to_string();
+    let code = match &e {
+        OrderRejection::OrderNotPlaced => return ApiError::not_found("order_not_found", message),
+        OrderRejection::OrderAlreadyPlaced { .. } => "idempotency_key_reused",
+        OrderRejection::EmptyOrder => "empty_order",
+        OrderRejection::TooManyLines { .. } => "too_many_lines",
+        OrderRejection::ZeroQuantity { .. } => "zero_quantity",
+        OrderRejection::NegativeQuantity { .. } => "negative_quantity",
+        OrderRejection::NonPositiveAmount { .. } => "non_positive_amount",
+        OrderRejection::DuplicateProduct { .. } => "duplicate_product",
+        OrderRejection::AmountOverflow => "amount_overflow",
+        OrderRejection::UnrecognisedPaymentStatus { .. } => "unrecognised_payment_status",
+        OrderRejection::NothingToRefund => "nothing_to_refund",
+        OrderRejection::UnknownProduct { .. } => "unknown_product",
+        OrderRejection::LineAlreadyRefunded { .. } => "line_already_refunded",
+        OrderRejection::RefundExceedsCaptured { .. } => "refund_exceeds_captured",
+        OrderRejection::PaymentIdMismatch { .. } => {
+            return ApiError::conflict("payment_id_mismatch", message);
+        }
+        OrderRejection::InvalidTransition { .. } => {
+            return ApiError::conflict("invalid_order_state", message);
+        }
+        OrderRejection::RefundAlreadyPending { .. } => {
+            return ApiError::conflict("refund_already_pending", message);
+        }
+        OrderRejection::RefundNotPending { .. } => {
+            return ApiError::conflict("refund_not_pending", message);
+        }
+    };
+    ApiError::unprocessable(code, message)
+}
+
+pub fn refund_rejection(e: RefundRejection) -> ApiError {
+    let message = e.to_string();
+    match e {
+        RefundRejection::InvalidTransition { .. } => {
+            ApiError::conflict("invalid_refund_state", message)
+        }
+        RefundRejection::RefundNotRequested => ApiError::not_found("refund_not_found", message),
+        _ => ApiError::unprocessable("invalid_refund", message),
+    }
+}
+
+/// Maps a command-path failure: rejections via `reject`, the rest as 5xx.
+pub fn handle_error<R: std::error::Error + Send + Sync + 'static>(
+    e: HandleError<R>,
+    reject: impl FnOnce(R) -> ApiError,
+) -> ApiError {
+    match e {
+        HandleError::Rejected(r) => reject(r),
+        HandleError::Contention { .. } => ApiError::conflict(
+            "stream_contended",
+            "the stream changed under too many concurrent commands; retry with the same Idempotency-Key",
+        ),
+        other => ApiError::internal(other),
+    }
+}
+
+/// The command context for an API command: event ids derive from `cause`.
+pub fn api_context(cause: &str, principal: Principal, request_id: &str) -> CommandContext {
+    let command_id = command_id_from_cause(cause);
+    CommandContext {
+        command_id,
+        metadata: Metadata {
+            correlation_id: command_id,
+            causation_id: None,
+            actor: principal.as_str().to_owned(),
+            source: Source::Api,
+            request_id: Some(request_id.to_owned()),
+        },
+    }
+}
+
+fn validate_order(
+    req: PlaceOrderRequest,
+    order_id: OrderId,
+    state: &AppState,
+) -> Result<OrderCommand, ApiError> {
+    let currency = field("currency", Currency::parse(&req.currency))?;
+    if req.items.len() > ORDER_LINES_MAX {
+        return Err(ApiError::unprocessable(
+            "too_many_lines",
+            format!(
+                "{} items exceed the limit of {ORDER_LINES_MAX}",
+                req.items.len()
+            ),
+        ));
+    }
+    let mut lines = Vec::with_capacity(req.items.len());
+    for (i, item) in req.items.into_iter().enumerate() {
+        if let Some(c) = &item.currency
+            && field(&format!("items[{i}].currency"), Currency::parse(c))? != currency
+        {
+            return Err(ApiError::unprocessable(
+                "mixed_currencies",
+                format!(
+                    "items[{i}] is in {c} but the order is in {}; an order has one currency",
+                    req.currency
+                ),
+            ));
+        }
+        lines.push(LineInput {
+            product_id: field(
+                &format!("items[{i}].product_id"),
+                ProductId::new(item.product_id),
+            )?,
+            seller_id: field(
+                &format!("items[{i}].seller_id"),
+                SellerId::new(item.seller_id),
+            )?,
+            seller_account: field(
+                &format!("items[{i}].seller_account"),
+                SellerAccount::new(item.seller_account),
+            )?,
+            unit_amount_minor: item.unit_amount_minor,
+            quantity: item.quantity,
+        });
+    }
+    Ok(OrderCommand::PlaceOrder {
+        order_id,
+        buyer_id: field("buyer_id", BuyerId::new(req.buyer_id))?,
+        currency,
+        lines,
+        fee_bps: state.settings.fee_bps,
+        now: state.clock.now(),
+    })
+}
+
+fn order_created(order: &PlacedOrder, client_secret: Option<String>) -> OrderCreated {
+    OrderCreated {
+        order_id: order.order_id.0.to_string(),
+        status: order.status.as_str().to_owned(),
+        currency: order.currency.to_string(),
+        total_minor: order.total_minor,
+        fee_minor: order.fee_minor,
+        payment_id: order.payment_id.as_ref().map(|p| p.as_str().to_owned()),
+        client_secret,
+    }
+}
+
+/// Place an order. The order id is derived from the Idempotency-Key.
+#[utoipa::path(
+    post, path = "/v1/orders", tag = "commands",
+    request_body = PlaceOrderRequest,
+    params(("Idempotency-Key" = String, Header, description = "unique per command")),
+    responses(
+        (status = 201, body = OrderCreated),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub async fn place_order(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody<COMMAND_BODY_MAX>,
+) -> Result<Response, ApiError> {
+    let key = idempotency::key_of(&headers)?;
+    let req: PlaceOrderRequest = parse_json(&body)?;
+    let order_id = order_id_from_idempotency_key(&key);
+    let command = validate_order(req, order_id, &state)?;
+    // The core validates amounts, quantities and overflow; run that check
+    // before claiming the key so a refused order writes nothing.
+    let fresh_events = Order::decide(&OrderState::default(), &command).map_err(order_rejection)?;
+    let scope = format!("{}:POST /v1/orders", principal.as_str());
+    let response = idempotency::run(&state, &scope, &key, &body, || async {
+        let stream = order_id.stream_id();
+        let ctx = api_context(&format!("order:{key}"), principal, &request_id);
+        let placed = match place_fresh(&state, &stream, &ctx, &fresh_events).await? {
+            Some(placed) => placed,
+            // The stream exists (a replay after a lost idempotency record,
+            // or a clash): the general path folds it and lets the core's
+            // guards decide.
+            None => {
+                let handled: Handled<Order> =
+                    execute::<Order, _>(&*state.events, &stream, &ctx, &command)
+                        .await
+                        .map_err(|e| handle_error(e, order_rejection))?;
+                handled.state.order.ok_or_else(|| {
+                    ApiError::internal(anyhow::anyhow!("order {order_id} not placed"))
+                })?
+            }
+        };
+        tracing::info!(order_id = %order_id, total_minor = placed.total_minor, "order placed");
+        let (placed, secret) = match &state.payments {
+            Some(p) => match p.start_within_deadline(&placed).await {
+                Some(started) => {
+                    // Re-read so the answer shows the payment id it recorded.
+                    let reloaded = load::<Order, _>(&*state.events, &stream)
+                        .await
+                        .map_err(ApiError::internal)?;
+                    (
+                        reloaded.state.order.unwrap_or(placed),
+                        started.client_secret,
+                    )
+                }
+                None => (placed, None),
+            },
+            None => (placed, None),
+        };
+        JsonReply::new(StatusCode::CREATED, &order_created(&placed, secret))
+    })
+    .await;
+    Ok(response)
+}
+
+/// The common case, one round trip: a new order's stream cannot exist yet,
+/// so append the decided events with `NoStream` without loading. `None` when
+/// the stream already exists.
+async fn place_fresh(
+    state: &AppState,
+    stream: &StreamId,
+    ctx: &CommandContext,
+    events: &[ledger_core::order::OrderEvent],
+) -> Result<Option<PlacedOrder>, ApiError> {
+    let new_events = to_new_events::<Order>(ctx, stream, events);
+    match state
+        .events
+        .append(stream, ExpectedVersion::NoStream, &new_events)
+        .await
+    {
+        Ok(appended) if !appended.already_existed => {
+            let mut folded = OrderState::default();
+            for e in events {
+                folded = Order::evolve(folded, e).map_err(ApiError::internal)?;
+            }
+            Ok(folded.order)
+        }
+        Ok(_) | Err(StoreError::WrongExpectedVersion { .. }) => Ok(None),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
+pub fn parse_order_id(text: &str) -> Result<OrderId, ApiError> {
+    Uuid::parse_str(text).map(OrderId).map_err(|_| {
+        ApiError::not_found(
+            "order_not_found",
+            format!("no order {text:?}; order ids are UUIDs"),
+        )
+    })
+}
+
+/// Request a refund (phase 1). The PSP refund (phase 2) follows
+/// asynchronously; poll `GET /v1/refunds/{id}`.
+#[utoipa::path(
+    post, path = "/v1/orders/{id}/refunds", tag = "commands",
+    request_body = RefundRequest,
+    params(
+        ("id" = String, Path, description = "order id"),
+        ("Idempotency-Key" = String, Header, description = "unique per command")
+    ),
+    responses(
+        (status = 202, body = RefundAccepted),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub async fn request_refund(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody<COMMAND_BODY_MAX>,
+) -> Result<Response, ApiError> {
+    let key = idempotency::key_of(&headers)?;
+    let req: RefundRequest = parse_json(&body)?;
+    let order_id = parse_order_id(&id)?;
+    let product_ids = req
+        .product_ids
+        .map(|ids| {
+            ids.into_iter()
+                .enumerate()
+                .map(|(i, p)| field(&format!("product_ids[{i}]"), ProductId::new(p)))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    let refund_id = refund_id_from_idempotency_key(order_id, &key);
+    let stream = order_id.stream_id();
+    let command = OrderCommand::RequestRefund {
+        refund_id,
+        product_ids,
+        reason: req.reason,
+        now: state.clock.now(),
+    };
+    // Dry run against the current state so a refused refund writes nothing.
+    let current = load::<Order, _>(&*state.events, &stream)
+        .await
+        .map_err(ApiError::internal)?;
+    if current.version.is_none() {
+        return Err(ApiError::not_found(
+            "order_not_found",
+            format!("no order {order_id}"),
+        ));
+    }
+    Order::decide(&current.state, &command).map_err(order_rejection)?;
+    let scope = format!("{}:POST /v1/orders/{{id}}/refunds", principal.as_str());
+    let response = idempotency::run(
+        &state,
+        &scope,
+        &key,
+        &[order_id.0.as_bytes().as_slice(), &body[..]].concat(),
+        || async {
+            let ctx = api_context(
+                &format!("refund:{refund_id}:reserve"),
+                principal,
+                &request_id,
+            );
+            let handled: Handled<Order> =
+                execute::<Order, _>(&*state.events, &stream, &ctx, &command)
+                    .await
+                    .map_err(|e| handle_error(e, order_rejection))?;
+            let order = handled
+                .state
+                .order
+                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("order {order_id} vanished")))?;
+            let refund_stream = refund_id.stream_id();
+            let refund = match order
+                .pending_refund
+                .as_ref()
+                .filter(|p| p.refund_id == refund_id)
+            {
+                Some(pending) => {
+                    let payment_id = order.payment_id.clone().ok_or_else(|| {
+                        ApiError::internal(anyhow::anyhow!("refundable order without payment id"))
+                    })?;
+                    let ctx = api_context(
+                        &format!("refund:{refund_id}:request"),
+                        principal,
+                        &request_id,
+                    );
+                    let cmd = RefundCommand::Request {
+                        refund_id,
+                        order_id,
+                        payment_id,
+                        amount_minor: pending.amount_minor,
+                        currency: order.currency,
+                        lines: pending.lines.clone(),
+                        reason: clip_reason(&command),
+                        now: state.clock.now(),
+                    };
+                    execute::<Refund, _>(&*state.events, &refund_stream, &ctx, &cmd)
+                        .await
+                        .map_err(|e| handle_error(e, refund_rejection))?
+                        .state
+                }
+                // Already completed or released (a replay after the idempotency
+                // record was lost): answer from the refund stream.
+                None => {
+                    load::<Refund, _>(&*state.events, &refund_stream)
+                        .await
+                        .map_err(ApiError::internal)?
+                        .state
+                }
+            };
+            refund_reply(&refund, &stream)
+        },
+    )
+    .await;
+    Ok(response)
+}
+
+fn clip_reason(command: &OrderCommand) -> String {
+    match command {
+        OrderCommand::RequestRefund { reason, .. } => reason.clone(),
+        _ => String::new(),
+    }
+}
+
+fn refund_reply(refund: &RefundState, order_stream: &StreamId) -> Result<JsonReply, ApiError> {
+    let r = refund.refund.as_ref().ok_or_else(|| {
+        ApiError::internal(anyhow::anyhow!(
+            "refund for {order_stream} has no refund stream"
+        ))
+    })?;
+    JsonReply::new(
+        StatusCode::ACCEPTED,
+        &RefundAccepted {
+            refund_id: r.refund_id.0.to_string(),
+            order_id: r.order_id.0.to_string(),
+            status: r.status.as_str().to_owned(),
+            amount_minor: r.amount_minor,
+            currency: r.currency.to_string(),
+        },
+    )
+}
+
+fn admin_ops(state: &AppState) -> Result<&dyn super::AdminOps, ApiError> {
+    state
+        .admin
+        .as_deref()
+        .ok_or_else(|| ApiError::NotImplemented {
+            message: "the PSP process managers are not running in this process".to_owned(),
+        })
+}
+
+/// Send a failed or permanently failed transfer back to `pending` now.
+#[utoipa::path(
+    post, path = "/v1/admin/transfers/{id}/retry", tag = "admin",
+    params(
+        ("id" = String, Path, description = "transfer id"),
+        ("Idempotency-Key" = String, Header, description = "unique per command")
+    ),
+    responses(
+        (status = 200, description = "the transfer after the retry was recorded"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 501, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub async fn retry_transfer(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody<COMMAND_BODY_MAX>,
+) -> Result<Response, ApiError> {
+    let key = idempotency::key_of(&headers)?;
+    let transfer_id = Uuid::parse_str(&id).map(TransferId).map_err(|_| {
+        ApiError::not_found(
+            "transfer_not_found",
+            format!("no transfer {id:?}; transfer ids are UUIDs"),
+        )
+    })?;
+    let ops = admin_ops(&state)?;
+    let scope = format!(
+        "{}:POST /v1/admin/transfers/{{id}}/retry:{id}",
+        principal.as_str()
+    );
+    Ok(idempotency::run(&state, &scope, &key, &body, || async {
+        let value = ops.retry_transfer(transfer_id, &request_id).await?;
+        JsonReply::new(StatusCode::OK, &value)
+    })
+    .await)
+}
+
+/// Run one reconciler pass now and report what it did.
+#[utoipa::path(
+    post, path = "/v1/admin/reconcile", tag = "admin",
+    params(("Idempotency-Key" = String, Header, description = "unique per command")),
+    responses(
+        (status = 200, description = "what the pass did, per stuck class"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 501, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub async fn reconcile(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody<COMMAND_BODY_MAX>,
+) -> Result<Response, ApiError> {
+    let key = idempotency::key_of(&headers)?;
+    let ops = admin_ops(&state)?;
+    let scope = format!("{}:POST /v1/admin/reconcile", principal.as_str());
+    Ok(idempotency::run(&state, &scope, &key, &body, || async {
+        let value = ops.reconcile_once(&request_id).await?;
+        JsonReply::new(StatusCode::OK, &value)
+    })
+    .await)
+}

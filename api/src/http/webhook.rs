@@ -1,0 +1,369 @@
+//! `POST /webhooks/hyperswitch`, as the seed's item E specifies.
+//!
+//! **Guarantees:**
+//! - A body over 64 KiB is refused with 413 before anything is written.
+//! - Every other delivery writes exactly one `hyperswitch_webhook_log` row,
+//!   once, with its final state; a failure to write it is logged and
+//!   swallowed (the contract is to answer the PSP).
+//! - The signature is checked over the raw bytes in constant time and fails
+//!   closed: no key configured, no header, or a wrong one → 401.
+//! - A delivery becomes at most one command per stream, with event ids
+//!   derived from the webhook's `event_id`, so duplicates and retries are
+//!   no-ops at three layers (the log, the store, the core's guards), and
+//!   stale statuses cannot move a stream backwards (forward-only core).
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use ledger_core::ids::{
+    RefundId, command_id_from_cause, order_id_from_payment_id, refund_id_from_psp_refund_id,
+};
+use ledger_core::order::{Order, OrderCommand};
+use ledger_core::refund::{Refund, RefundCommand, RefundState, RefundStatus};
+use ledger_core::{Metadata, Source};
+use ledger_psp::webhook::{EnvelopeError, EventClass, WebhookObject};
+use ledger_psp::{event_type_best_effort, parse_envelope, verify_hyperswitch};
+use ledger_store::EventStore;
+use ledger_store::handle::{CommandContext, HandleError, execute};
+use ledger_store::webhook_log::WebhookLogEntry;
+use serde_json::json;
+
+use super::error::{ApiError, ErrorBody};
+use super::{AppState, RequestId, WEBHOOK_BODY_MAX};
+
+pub const SIGNATURE_HEADER: &str = "x-webhook-signature-512";
+/// Longest `User-Agent` kept in the log.
+const USER_AGENT_LEN_MAX: usize = 512;
+/// Longest error text kept in `processing_result`.
+const RESULT_LEN_MAX: usize = 500;
+
+/// How one delivery ended.
+#[derive(Debug)]
+enum Outcome {
+    Ok,
+    Duplicate,
+    Skipped,
+    SignatureInvalid,
+    /// A signed body that is not a usable envelope: 400.
+    Malformed(String),
+    /// Processed, but the ledger refused it for good (unknown payment, a
+    /// rejection); acknowledged so the PSP stops retrying, and logged.
+    Refused(String),
+    /// A transient failure (store down): 503 so the PSP retries.
+    Failed(String),
+}
+
+impl Outcome {
+    fn result_text(&self) -> String {
+        let clip = |s: &str| s.chars().take(RESULT_LEN_MAX).collect::<String>();
+        match self {
+            Outcome::Ok => "ok".to_owned(),
+            Outcome::Duplicate => "duplicate".to_owned(),
+            Outcome::Skipped => "skipped".to_owned(),
+            Outcome::SignatureInvalid => "signature_invalid".to_owned(),
+            Outcome::Malformed(m) | Outcome::Refused(m) | Outcome::Failed(m) => {
+                format!("error: {}", clip(m))
+            }
+        }
+    }
+
+    fn metric(&self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Skipped => "skipped",
+            Outcome::SignatureInvalid => "signature_invalid",
+            Outcome::Malformed(_) => "malformed",
+            Outcome::Refused(_) => "refused",
+            Outcome::Failed(_) => "failed",
+        }
+    }
+
+    fn response(&self) -> Response {
+        match self {
+            Outcome::Ok | Outcome::Duplicate | Outcome::Skipped | Outcome::Refused(_) => {
+                (StatusCode::OK, Json(json!({"status": self.metric()}))).into_response()
+            }
+            Outcome::SignatureInvalid => ApiError::Unauthorized {
+                code: "signature_invalid",
+                message: "X-Webhook-Signature-512 is missing or does not match the body".to_owned(),
+            }
+            .into_response(),
+            Outcome::Malformed(m) => {
+                ApiError::bad_request("malformed_webhook", m.clone()).into_response()
+            }
+            Outcome::Failed(_) => ApiError::Unavailable {
+                message: "the ledger could not record this webhook; please retry".to_owned(),
+            }
+            .into_response(),
+        }
+    }
+}
+
+fn header_text(headers: &HeaderMap, name: impl axum::http::header::AsHeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(USER_AGENT_LEN_MAX).collect())
+}
+
+fn event_id_best_effort(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value
+        .get("event_id")?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.chars().take(ledger_psp::webhook::EVENT_ID_MAX).collect())
+}
+
+/// Receive a Hyperswitch webhook.
+#[utoipa::path(
+    post, path = "/webhooks/hyperswitch", tag = "webhooks",
+    params(("X-Webhook-Signature-512" = String, Header, description = "hex HMAC-SHA512 of the raw body")),
+    request_body(content = String, content_type = "application/json", description = "Hyperswitch webhook envelope"),
+    responses(
+        (status = 200, description = "ok, duplicate or skipped"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)
+    )
+)]
+pub async fn hyperswitch(State(state): State<AppState>, request: Request) -> Response {
+    let received_at = state.clock.now();
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let source_ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let headers = request.headers().clone();
+    let body = match super::LimitedBody::<WEBHOOK_BODY_MAX>::from_request_inner(request).await {
+        Ok(body) => body,
+        Err(e) => {
+            state.metrics.webhook("too_large");
+            return e.into_response();
+        }
+    };
+    let payload = String::from_utf8(body.to_vec()).unwrap_or_default();
+    let event_type = event_type_best_effort(&body);
+    let event_id = event_id_best_effort(&body);
+    let outcome = process(&state, &headers, &body, &request_id).await;
+    let entry = WebhookLogEntry {
+        payload,
+        signature_valid: !matches!(outcome, Outcome::SignatureInvalid),
+        processing_result: outcome.result_text(),
+        source_ip,
+        user_agent: header_text(&headers, header::USER_AGENT),
+        request_id,
+        event_type,
+        event_id: event_id.clone(),
+        received_at,
+    };
+    if let Err(e) = state.webhook_log.insert_webhook_log(&entry).await {
+        tracing::error!(error = %e, event_id = ?event_id, "could not write the webhook log row; acknowledging anyway");
+    }
+    state.metrics.webhook(outcome.metric());
+    if matches!(outcome, Outcome::Ok) {
+        state.wake.notify_one();
+    }
+    match &outcome {
+        Outcome::Refused(m) | Outcome::Failed(m) => {
+            tracing::error!(event_id = ?event_id, result = outcome.metric(), reason = %m, "webhook not applied");
+        }
+        _ => tracing::info!(event_id = ?event_id, result = outcome.metric(), "webhook"),
+    }
+    outcome.response()
+}
+
+fn webhook_context(event_id: &str, stream_step: &str, request_id: &str) -> CommandContext {
+    let command_id = command_id_from_cause(&format!("hyperswitch:{event_id}:{stream_step}"));
+    CommandContext {
+        command_id,
+        metadata: Metadata {
+            correlation_id: command_id,
+            causation_id: None,
+            actor: "hyperswitch".to_owned(),
+            source: Source::Webhook,
+            request_id: Some(request_id.to_owned()),
+        },
+    }
+}
+
+fn classify<R: std::error::Error + 'static>(e: HandleError<R>) -> Outcome {
+    match e {
+        HandleError::Rejected(r) => Outcome::Refused(r.to_string()),
+        HandleError::Contention { .. } | HandleError::Store(_) => Outcome::Failed(e.to_string()),
+        other => Outcome::Refused(other.to_string()),
+    }
+}
+
+async fn process(state: &AppState, headers: &HeaderMap, body: &[u8], request_id: &str) -> Outcome {
+    let Some(key) = state.settings.webhook_key.as_ref() else {
+        // Fail closed: without a key no delivery can be trusted.
+        return Outcome::SignatureInvalid;
+    };
+    let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+    if verify_hyperswitch(&key.0, body, signature).is_err() {
+        return Outcome::SignatureInvalid;
+    }
+    let envelope = match parse_envelope(body) {
+        Ok(e) => e,
+        Err(EnvelopeError::InvalidJson(m)) => {
+            return Outcome::Malformed(format!("malformed JSON: {m}"));
+        }
+        Err(other) => return Outcome::Malformed(other.to_string()),
+    };
+    match state
+        .webhook_log
+        .webhook_event_processed(&envelope.event_id)
+        .await
+    {
+        Ok(true) => return Outcome::Duplicate,
+        Ok(false) => {}
+        // The core and the store dedupe too; go on.
+        Err(e) => tracing::warn!(error = %e, "webhook dedupe lookup failed"),
+    }
+    let now = state.clock.now();
+    match (envelope.event_type.class(), envelope.object) {
+        (EventClass::Payment, WebhookObject::Payment(p)) => {
+            let Some(order_id) = order_id_from_payment_id(p.payment_id.as_str()) else {
+                return Outcome::Refused(format!(
+                    "payment_id {} was not issued by this ledger",
+                    p.payment_id
+                ));
+            };
+            let command = OrderCommand::ApplyPaymentStatus {
+                payment_id: p.payment_id.clone(),
+                status: p.status.clone(),
+                amount_minor: p.amount_received.or(Some(p.amount)),
+                error_message: p.error_message.clone().or(p.error_code.clone()),
+                now,
+            };
+            let ctx = webhook_context(&envelope.event_id, "order", request_id);
+            match execute::<Order, _>(&*state.events, &order_id.stream_id(), &ctx, &command).await {
+                Ok(_) => Outcome::Ok,
+                Err(e) => classify(e),
+            }
+        }
+        (EventClass::Refund, WebhookObject::Refund(r)) => {
+            let Some(refund_id) = refund_id_from_psp_refund_id(r.refund_id.as_str()) else {
+                return Outcome::Refused(format!(
+                    "refund_id {} was not issued by this ledger",
+                    r.refund_id
+                ));
+            };
+            let status = match r.psp_status() {
+                Ok(s) => s,
+                Err(e) => {
+                    return Outcome::Refused(format!(
+                        "refund status {:?} is unknown: {e}",
+                        r.status
+                    ));
+                }
+            };
+            let command = RefundCommand::ApplyPspStatus {
+                psp_refund_id: Some(r.refund_id.clone()),
+                status,
+                error_message: r.error_message.clone().or(r.error_code.clone()),
+                now,
+            };
+            let ctx = webhook_context(&envelope.event_id, "refund", request_id);
+            let handled =
+                match execute::<Refund, _>(&*state.events, &refund_id.stream_id(), &ctx, &command)
+                    .await
+                {
+                    Ok(h) => h,
+                    Err(e) => return classify(e),
+                };
+            match settle_refund_on_order(
+                &*state.events,
+                refund_id,
+                &handled.state,
+                &ctx.metadata,
+                now,
+            )
+            .await
+            {
+                Ok(()) => Outcome::Ok,
+                Err(e) => e,
+            }
+        }
+        (EventClass::Payment | EventClass::Refund, _) => {
+            Outcome::Malformed("event_type and content do not match".to_owned())
+        }
+        _ => Outcome::Skipped,
+    }
+}
+
+/// Once a refund is terminal, its order follows: `succeeded` completes the
+/// reserved lines, `failed` releases them. Idempotent (derived command ids,
+/// core guards), so the reconciler and retries may call it again.
+async fn settle_refund_on_order(
+    events: &dyn EventStore,
+    refund_id: RefundId,
+    refund: &RefundState,
+    metadata: &Metadata,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), Outcome> {
+    let Some(r) = refund.refund.as_ref() else {
+        return Ok(());
+    };
+    let command = match r.status {
+        RefundStatus::Succeeded => OrderCommand::CompleteRefund { refund_id, now },
+        RefundStatus::Failed => OrderCommand::ReleaseRefund {
+            refund_id,
+            reason: r
+                .error_message
+                .clone()
+                .unwrap_or_else(|| "the PSP refused the refund".to_owned()),
+            now,
+        },
+        RefundStatus::Requested | RefundStatus::Submitted => return Ok(()),
+    };
+    let command_id =
+        command_id_from_cause(&format!("refund:{refund_id}:settle:{}", r.status.as_str()));
+    let ctx = CommandContext {
+        command_id,
+        metadata: Metadata {
+            causation_id: Some(metadata.correlation_id),
+            ..metadata.clone()
+        },
+    };
+    execute::<Order, _>(events, &r.order_id.stream_id(), &ctx, &command)
+        .await
+        .map(|_| ())
+        .map_err(classify)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_are_the_seed_vocabulary() {
+        assert_eq!(Outcome::Ok.result_text(), "ok");
+        assert_eq!(Outcome::Duplicate.result_text(), "duplicate");
+        assert_eq!(Outcome::Skipped.result_text(), "skipped");
+        assert_eq!(Outcome::SignatureInvalid.result_text(), "signature_invalid");
+        assert_eq!(Outcome::Malformed("x".into()).result_text(), "error: x");
+        assert_eq!(
+            Outcome::Refused("x".repeat(900)).result_text().len(),
+            "error: ".len() + RESULT_LEN_MAX
+        );
+    }
+
+    #[test]
+    fn event_id_is_best_effort() {
+        assert_eq!(
+            event_id_best_effort(br#"{"event_id":"evt_1"}"#).as_deref(),
+            Some("evt_1")
+        );
+        assert_eq!(event_id_best_effort(b"{not json"), None);
+        assert_eq!(event_id_best_effort(br#"{"event_id":7}"#), None);
+    }
+}

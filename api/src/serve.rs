@@ -1,0 +1,317 @@
+//! `ledger serve`: the API, the projectors and the workers in one process.
+//!
+//! **Guarantees:** start-up refuses an unsafe production config before
+//! opening a port; shutdown (SIGTERM/SIGINT or [`RunningServer::shutdown`])
+//! stops accepting, lets in-flight requests finish, stops every worker at a
+//! safe point (between batches), then closes the pools.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ledger_core::FeeBps;
+use ledger_postgres::PgStore;
+use ledger_projections::clock::{Clock, SystemClock};
+use ledger_projections::query::QueryStore;
+use ledger_projections::readmodel::{ReadModel, ReadModelProjection};
+use ledger_projections::retention::{self, RetentionConfig};
+use ledger_projections::runtime::Projector;
+use ledger_store::EventStore;
+use ledger_store::idempotency::IdempotencyStore;
+use ledger_store::webhook_log::WebhookLogStore;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AppEnv, Config, ConfigWarning, PspMode};
+use crate::http::auth::{TokenDigest, Tokens};
+use crate::http::metrics::Metrics;
+use crate::http::{AppState, HttpSettings, Inner, WebhookKey, app};
+use crate::store::{Backend, StoreUrl};
+
+/// `/readyz` fails when a projection is further behind than this.
+pub const READINESS_LAG_MAX: u64 = 10_000;
+/// How often the webhook-log retention sweep runs.
+pub const RETENTION_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+/// Grace for in-flight requests and workers after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// The storage ports of one opened backend.
+#[derive(Clone)]
+pub struct Ports {
+    pub events: Arc<dyn EventStore>,
+    pub idempotency: Arc<dyn IdempotencyStore>,
+    pub webhook_log: Arc<dyn WebhookLogStore>,
+    pub reads: Arc<dyn QueryStore>,
+    pub read_models: Arc<dyn ledger_projections::readmodel::ReadModelStore>,
+}
+
+impl std::fmt::Debug for Ports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ports").finish_non_exhaustive()
+    }
+}
+
+impl Ports {
+    pub fn of(backend: &Backend) -> Ports {
+        match backend {
+            Backend::Postgres(s) => Ports {
+                events: Arc::new(s.clone()),
+                idempotency: Arc::new(s.clone()),
+                webhook_log: Arc::new(s.clone()),
+                reads: Arc::new(s.clone()),
+                read_models: Arc::new(s.clone()),
+            },
+            Backend::Sqlite(s) => Ports {
+                events: Arc::new(s.clone()),
+                idempotency: Arc::new(s.clone()),
+                webhook_log: Arc::new(s.clone()),
+                reads: Arc::new(s.clone()),
+                read_models: Arc::new(s.clone()),
+            },
+        }
+    }
+}
+
+/// A started server.
+#[derive(Debug)]
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    cancel: CancellationToken,
+    server: JoinHandle<std::io::Result<()>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, drains, stops workers; returns when all are done.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the server stops (after a signal or `shutdown`).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let served = self.server.await.context("server task panicked")?;
+        self.cancel.cancel();
+        for w in self.workers {
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, w).await;
+        }
+        served.context("serving HTTP")
+    }
+
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+}
+
+fn settings(config: &Config) -> anyhow::Result<HttpSettings> {
+    let tokens = Tokens {
+        api: config
+            .api_token
+            .as_ref()
+            .map(|t| TokenDigest::of(t.expose())),
+        admin: config
+            .admin_token
+            .as_ref()
+            .map(|t| TokenDigest::of(t.expose())),
+    };
+    let webhook_key = match (&config.hyperswitch.webhook_secret, config.psp_mode) {
+        (Some(s), _) => Some(WebhookKey(s.expose().as_bytes().to_vec())),
+        // The fake signs with a key made for this process only.
+        (None, PspMode::Fake) => Some(WebhookKey(
+            uuid::Uuid::new_v4().simple().to_string().into_bytes(),
+        )),
+        (None, PspMode::Real) => None,
+    };
+    let fee_bps = FeeBps::new(i64::from(config.platform_fee_bps))
+        .map_err(|e| anyhow::anyhow!("PLATFORM_FEE_BPS: {e}"))?;
+    Ok(HttpSettings {
+        tokens,
+        webhook_key,
+        fee_bps,
+        readiness_lag_max: READINESS_LAG_MAX,
+    })
+}
+
+/// Starts everything on `listener` and returns at once.
+pub async fn start(
+    config: &Config,
+    backend: &Backend,
+    listener: TcpListener,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<RunningServer> {
+    let ports = Ports::of(backend);
+    let reads: Arc<dyn QueryStore> = match config.database_read_url.as_deref() {
+        Some(url) => match StoreUrl::parse(Some(url))? {
+            StoreUrl::Postgres(u) => Arc::new(PgStore::connect(&u).await.with_context(|| {
+                format!(
+                    "cannot connect to DATABASE_READ_URL {}",
+                    crate::store::redact_url(&u)
+                )
+            })?),
+            StoreUrl::Sqlite(_) => anyhow::bail!(
+                "DATABASE_READ_URL must be a Postgres replica (postgres://…); the embedded SQLite store has no replicas"
+            ),
+        },
+        None => ports.reads.clone(),
+    };
+    let settings = settings(config)?;
+    if settings.tokens.is_open() {
+        tracing::warn!(
+            "NO API TOKENS CONFIGURED: every /v1 route is open to anyone who can reach {}. Set LEDGER_API_TOKEN and LEDGER_ADMIN_TOKEN (production refuses to start without them)",
+            config.listen_addr
+        );
+    }
+    let cancel = CancellationToken::new();
+    let mut workers = Vec::new();
+
+    // Read-model projector.
+    let wake = Arc::new(Notify::new());
+    let handler = ReadModelProjection::new(ports.read_models.clone(), &ReadModel::ALL, false);
+    let mut projector = Projector::new(ports.events.clone(), handler);
+    let projection_status = projector.subscribe();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    {
+        let cancel = cancel.clone();
+        workers.push(tokio::spawn(async move {
+            cancel.cancelled().await;
+            let _ = stop_tx.send(true);
+        }));
+    }
+    {
+        let wake = wake.clone();
+        workers.push(tokio::spawn(async move {
+            if let Err(e) = projector.run(wake, stop_rx).await {
+                tracing::error!(error = %e, "read-model projector stopped");
+            }
+        }));
+    }
+
+    // Webhook-log retention.
+    {
+        let log = ports.webhook_log.clone();
+        let cfg = RetentionConfig {
+            retention_days: config.webhook_log_retention_days,
+            ..RetentionConfig::default()
+        };
+        workers.push(tokio::spawn(retention::run_daily(
+            log,
+            clock.clone(),
+            cfg,
+            RETENTION_INTERVAL,
+            cancel.clone(),
+        )));
+    }
+
+    let state = AppState(Arc::new(Inner {
+        events: ports.events.clone(),
+        idempotency: ports.idempotency.clone(),
+        webhook_log: ports.webhook_log.clone(),
+        reads,
+        clock,
+        settings,
+        metrics: Metrics::new(),
+        projections: vec![projection_status],
+        admin: None,
+        payments: None,
+        wake,
+    }));
+    let addr = listener.local_addr().context("listener address")?;
+    let router = app(state.clone());
+    let shutdown = cancel.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+    });
+    tracing::info!(%addr, "ledger listening");
+    Ok(RunningServer {
+        addr,
+        state,
+        cancel,
+        server,
+        workers,
+    })
+}
+
+async fn signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+pub fn log_warnings(warnings: &[ConfigWarning]) {
+    for w in warnings {
+        tracing::warn!(var = w.var, value = %w.value_shown, default = ?w.default_used, "{}", w.reason);
+    }
+}
+
+/// `ledger serve`.
+pub async fn run(database_url: Option<&str>) -> anyhow::Result<ExitCode> {
+    // `--database-url` (which clap also reads from DATABASE_URL) wins.
+    let env = |key: &str| {
+        if key == "DATABASE_URL"
+            && let Some(url) = database_url
+        {
+            return Some(url.to_owned());
+        }
+        std::env::var(key).ok()
+    };
+    let (config, warnings) = match Config::from_env(&env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ledger serve refuses to start:\n{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    log_warnings(&warnings);
+    tracing::info!(config = %config.redacted_summary(), "starting");
+    if config.app_env != AppEnv::Production && config.psp_mode == PspMode::Fake {
+        tracing::warn!("PSP FAKE IN USE: no real payment or payout will happen");
+    }
+    let url = StoreUrl::parse(config.database_url.as_deref())?;
+    let backend = Backend::open(&url).await?;
+    backend.migrate().await?;
+    let listener = TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (LISTEN_ADDR)", config.listen_addr))?;
+    let server = start(&config, &backend, listener, Arc::new(SystemClock)).await?;
+    println!("ledger listening on http://{}", server.addr);
+    let cancel = server.cancel_token();
+    tokio::spawn(async move {
+        signal().await;
+        tracing::info!("shutdown signal received; draining");
+        cancel.cancel();
+    });
+    server.wait().await?;
+    if let Backend::Sqlite(s) = &backend {
+        s.close().await;
+    }
+    if let Backend::Postgres(s) = &backend {
+        s.pool().close().await;
+    }
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}

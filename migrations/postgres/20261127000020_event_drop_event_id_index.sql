@@ -1,0 +1,32 @@
+-- Append throughput: the event table keeps two indexes, event_pk
+-- (stream_id, stream_version) and event_transaction_position_ix
+-- (transaction_id, global_position); the (stream_id, event_id) unique index
+-- goes.
+--
+-- Why it can go:
+--   * Uniqueness. Every append inserts its events at head + 1 .. head + n,
+--     where head is the stream's last version in the inserting statement's
+--     snapshot, and only after checking that none of its ids is in that
+--     snapshot. Versions are gap-free and event_pk is unique, so any row
+--     committed after that snapshot holds a version above head: either the
+--     append sees every committed id of its stream, or its insert collides
+--     with such a row on event_pk (waiting first if that row's transaction
+--     is still open) and is re-run. Two rows of one stream can therefore
+--     never share an id. ledger_append (the first migration) and the
+--     adapter's statements (adapters/postgres/src/append.rs) are the only
+--     writers, and both work this way.
+--   * Plans. read_stream, the head probe and read_all never used it. The id
+--     check (x.stream_id = $1 and x.event_id = any ($ids)) becomes a scan of
+--     one stream's event_pk range with a filter: a stream is one aggregate
+--     (an order, a refund, a transfer), tens of events, so that is a few
+--     index and heap pages; and it runs only when the stream already exists.
+--
+-- What it bought: each insert maintained three btrees. This one, keyed on a
+-- random stream id and a random uuid, took a full descent and a leaf write
+-- at a random page for every event. Measured with `ledger bench append
+-- --writers 8` (see adapters/postgres/src/lib.rs), dropping it is a
+-- third of what separated an append from a raw single-row insert.
+--
+-- Safe on a populated table: dropping an index only takes a brief lock and
+-- leaves every row as it is.
+alter table event drop constraint event_stream_event_id_uq;

@@ -1,0 +1,182 @@
+//! `payment`: create the order's Hyperswitch payment under the derived
+//! `payment_id`, then record `PaymentInitiated` (and the status, when the
+//! create call already answered a terminal one).
+//!
+//! Crash recovery: a payment created at the PSP whose `InitiatePayment` was
+//! never recorded is found again by its derived id: the re-create answers
+//! `HE_01`, the client GETs it, and the worker records it. No second payment
+//! object can exist.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ledger_core::Amount;
+use ledger_core::ids::payment_id_for;
+use ledger_core::order::{Order, OrderCommand, OrderStatus, PlacedOrder};
+use ledger_psp::{CreatePayment, PaymentView};
+use ledger_store::work::WorkItem;
+
+use super::worker::{Step, stream_of};
+use super::{Actor, Ctx, ManagerError, PspFailure, classify};
+
+const NAME: &str = "payment";
+const ACTOR: Actor = Actor::worker(NAME);
+
+pub(crate) async fn step(
+    ctx: &Ctx,
+    item: &WorkItem,
+    now: DateTime<Utc>,
+) -> Result<Step, ManagerError> {
+    let stream = stream_of(item)?;
+    let Some(order) = ctx.load::<Order>(&stream).await?.state.order else {
+        tracing::warn!(stream_id = %stream, "payment: no order in this stream; nothing to pay");
+        return Ok(Step::Done);
+    };
+    if order.status != OrderStatus::Created {
+        // Initiated already (inline by the API, or an earlier pass): the
+        // payment id is recorded, so there is no PSP call to make.
+        tracing::debug!(stream_id = %stream, status = %order.status, "payment: already initiated");
+        return Ok(Step::Done);
+    }
+    match initiate(ctx, &order, now).await {
+        Ok(_) => Ok(Step::Done),
+        Err(ManagerError::Psp(e)) => match classify(&e) {
+            PspFailure::Transient | PspFailure::NeedsOperator => {
+                let due_at = ctx.work_retry_at(now, item.attempts);
+                tracing::warn!(
+                    stream_id = %stream, payment_id = %payment_id_for(order.order_id),
+                    attempts = item.attempts, retry_at = %due_at, error = %e,
+                    "payment: Hyperswitch create failed; retrying with the same payment_id"
+                );
+                Ok(Step::Later {
+                    due_at,
+                    error: Some(e.to_string()),
+                })
+            }
+            PspFailure::Definitive => {
+                let payment_id = payment_id_for(order.order_id);
+                let reason = format!("the payment could not be created: {e}");
+                let handled = ctx
+                    .run::<Order>(
+                        &stream,
+                        &format!("payment:{payment_id}:create-refused"),
+                        ACTOR,
+                        &OrderCommand::CancelOrder { reason, now },
+                        "CancelOrder",
+                    )
+                    .await?;
+                tracing::error!(
+                    stream_id = %stream, payment_id = %payment_id, from_status = "created",
+                    to_status = %handled.state.status().map_or("none", |s| s.as_str()),
+                    error = %e,
+                    "payment: Hyperswitch refused the payment; order cancelled"
+                );
+                Ok(Step::Done)
+            }
+        },
+        Err(other) => Err(other),
+    }
+}
+
+/// Creates (or finds) the payment and records it. PSP errors come back as
+/// [`ManagerError::Psp`] with nothing recorded.
+pub(crate) async fn initiate(
+    ctx: &Ctx,
+    order: &PlacedOrder,
+    now: DateTime<Utc>,
+) -> Result<PaymentView, ManagerError> {
+    let stream = order.order_id.stream_id();
+    let payment_id = payment_id_for(order.order_id);
+    let request = CreatePayment {
+        payment_id: payment_id.clone(),
+        amount: Amount::new(order.total_minor, order.currency),
+        customer_id: Some(order.buyer_id.to_string()),
+        description: Some(format!("order {}", order.order_id)),
+        metadata: BTreeMap::from([("order_id".to_owned(), order.order_id.to_string())]),
+    };
+    let view = ctx.payments.create_payment(&request).await?;
+    ctx.run::<Order>(
+        &stream,
+        &format!("payment:{payment_id}:initiate"),
+        ACTOR,
+        &OrderCommand::InitiatePayment {
+            payment_id: payment_id.clone(),
+            now,
+        },
+        "InitiatePayment",
+    )
+    .await?;
+    let mut to_status = OrderStatus::Pending;
+    if view.status.is_terminal() {
+        let handled = ctx
+            .run::<Order>(
+                &stream,
+                &format!("payment:{payment_id}:status:{}", view.status),
+                ACTOR,
+                &OrderCommand::ApplyPaymentStatus {
+                    payment_id: payment_id.clone(),
+                    status: view.status.clone(),
+                    amount_minor: view.amount_received.map(|a| a.minor),
+                    error_message: view.error_message.clone(),
+                    now,
+                },
+                "ApplyPaymentStatus",
+            )
+            .await?;
+        to_status = handled.state.status().unwrap_or(to_status);
+    }
+    tracing::info!(
+        stream_id = %stream, payment_id = %payment_id, from_status = "created",
+        to_status = %to_status, psp_status = %view.status,
+        already_existed = view.already_existed,
+        error_code = view.error_code.as_deref().unwrap_or(""),
+        "payment: payment initiated"
+    );
+    Ok(view)
+}
+
+/// The API's inline start: initiate within `deadline` and hand back the
+/// client secret. `None` when the PSP did not answer in time or failed; the
+/// `payment` worker finishes the job from the queued work.
+pub(crate) async fn start_inline(
+    ctx: &Ctx,
+    order: &PlacedOrder,
+    deadline: Duration,
+) -> Option<String> {
+    let stream = order.order_id.stream_id();
+    let attempt = async {
+        match order.status {
+            OrderStatus::Created => initiate(ctx, order, ctx.clock.now()).await,
+            OrderStatus::Pending => {
+                let payment_id = order
+                    .payment_id
+                    .clone()
+                    .unwrap_or_else(|| payment_id_for(order.order_id));
+                Ok(ctx.payments.get_payment_status(&payment_id).await?)
+            }
+            _ => Err(ManagerError::Rejected {
+                stream: stream.to_string(),
+                command: "InitiatePayment",
+                reason: format!("the order is {}", order.status),
+            }),
+        }
+    };
+    match tokio::time::timeout(deadline, attempt).await {
+        Ok(Ok(view)) => view.client_secret,
+        Ok(Err(e)) => {
+            tracing::warn!(
+                stream_id = %stream, error = %e,
+                "payment: inline start failed; the payment worker will retry"
+            );
+            None
+        }
+        Err(_) => {
+            tracing::info!(
+                stream_id = %stream, deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+                "payment: inline start missed its deadline; the payment worker finishes it"
+            );
+            None
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! The refund managers:
+//! - `refund_open` (phase-1 recovery): a refund reserved on its order but
+//!   whose refund stream was never written (the API crashed in between) gets
+//!   its stream, after [`REFUND_OPEN_GRACE`](super::REFUND_OPEN_GRACE).
+//! - `refund` (phase 2): create the Hyperswitch refund under
+//!   `psp_refund_id_for(refund)`, then `Submit` (and the status, when the
+//!   create call answered a terminal one). A definitive refusal fails the
+//!   refund with the PSP's message, which then releases the order's lines.
+//! - `refund_settle`: once a refund is terminal, complete or release the
+//!   order's lines, with the same derived command ids as the webhook path
+//!   (`refund:{id}:settle:{status}`), so both converge.
+//! - `refund_sellers`: after `RefundCompleted`, per affected seller, reduce
+//!   the unpaid transfer by the seller's share of the refunded lines (to
+//!   zero → cancelled) or request a reversal of a paid one.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use ledger_core::Amount;
+use ledger_core::ids::{RefundId, SellerId, StreamId, psp_refund_id_for, transfer_id};
+use ledger_core::order::{LineRefund, Order, OrderCommand, OrderEvent, OrderStatus, PlacedOrder};
+use ledger_core::psp::RefundPspStatus;
+use ledger_core::refund::{Refund, RefundCommand, RefundFailureKind, RefundState, RefundStatus};
+use ledger_core::transfer::{SellerTransfer, TransferCommand, TransferRejection, TransferStatus};
+use ledger_psp::CreateRefund;
+use ledger_store::READ_BATCH_MAX;
+use ledger_store::handle::{HandleError, decode_recorded};
+use ledger_store::work::WorkItem;
+
+use super::transfer::schedule_transfers;
+use super::worker::{Step, WorkerKind, stream_of};
+use super::{Actor, Ctx, ManagerError, PspFailure, classify, command_context, handle_error};
+
+/// Release reason when the PSP gave no message (the webhook path's words).
+const PSP_REFUSED_REASON: &str = "the PSP refused the refund";
+/// Release reason of an orphaned refund.
+const ORPHANED_REASON: &str = "orphaned: the refund never reached the PSP";
+
+pub(crate) async fn step_open(
+    ctx: &Ctx,
+    item: &WorkItem,
+    now: DateTime<Utc>,
+) -> Result<Step, ManagerError> {
+    let stream = stream_of(item)?;
+    let Some(order) = ctx.load::<Order>(&stream).await?.state.order else {
+        return Ok(Step::Done);
+    };
+    let (Some(pending), Some(payment_id)) = (&order.pending_refund, &order.payment_id) else {
+        return Ok(Step::Done);
+    };
+    let refund_stream = pending.refund_id.stream_id();
+    if ctx.load::<Refund>(&refund_stream).await?.version.is_some() {
+        return Ok(Step::Done);
+    }
+    // Not the API's cause: if the API is writing the stream right now, its
+    // append sees a version conflict and re-decides to a no-op, instead of
+    // meeting our event id with another payload.
+    ctx.run::<Refund>(
+        &refund_stream,
+        &format!("refund:{}:request:recovered", pending.refund_id),
+        Actor::worker(WorkerKind::RefundOpen.name()),
+        &RefundCommand::Request {
+            refund_id: pending.refund_id,
+            order_id: order.order_id,
+            payment_id: payment_id.clone(),
+            amount_minor: pending.amount_minor,
+            currency: order.currency,
+            lines: pending.lines.clone(),
+            reason: reserved_reason(ctx, &stream, pending.refund_id).await?,
+            now,
+        },
+        "Request",
+    )
+    .await?;
+    tracing::error!(
+        stream_id = %refund_stream, order_stream_id = %stream, from_status = "none",
+        to_status = "requested",
+        "refund_open: refund reserved on its order but never recorded (crash after phase 1 began); refund stream created"
+    );
+    Ok(Step::Done)
+}
+
+/// The reason the order's `RefundRequested` recorded (the folded state
+/// does not keep it).
+async fn reserved_reason(
+    ctx: &Ctx,
+    order_stream: &StreamId,
+    refund_id: RefundId,
+) -> Result<String, ManagerError> {
+    let mut from = 1;
+    loop {
+        let page = ctx
+            .events
+            .read_stream(order_stream, from, READ_BATCH_MAX)
+            .await?;
+        for e in &page {
+            from = e.stream_version + 1;
+            if e.event_type != "RefundRequested" {
+                continue;
+            }
+            let event = decode_recorded::<Order>(e)
+                .map_err(|err| handle_error(order_stream, "load", err))?;
+            if let OrderEvent::RefundRequested {
+                refund_id: id,
+                reason,
+                ..
+            } = event
+                && id == refund_id
+            {
+                return Ok(reason);
+            }
+        }
+        if page.len() < READ_BATCH_MAX as usize {
+            return Ok(String::new());
+        }
+    }
+}
+
+pub(crate) async fn step_refund(
+    ctx: &Ctx,
+    item: &WorkItem,
+    now: DateTime<Utc>,
+) -> Result<Step, ManagerError> {
+    let stream = stream_of(item)?;
+    let Some(r) = ctx.load::<Refund>(&stream).await?.state.refund else {
+        return Ok(Step::Done);
+    };
+    if r.status != RefundStatus::Requested {
+        return Ok(Step::Done);
+    }
+    let actor = Actor::worker(WorkerKind::Refund.name());
+    let psp_refund_id = psp_refund_id_for(r.refund_id);
+    let request = CreateRefund {
+        refund_id: psp_refund_id.clone(),
+        payment_id: r.payment_id.clone(),
+        amount: Amount::new(r.amount_minor, r.currency),
+        reason: (!r.reason.is_empty()).then(|| r.reason.clone()),
+    };
+    match ctx.payments.create_refund(&request).await {
+        Ok(view) => {
+            let mut handled = ctx
+                .run::<Refund>(
+                    &stream,
+                    &format!("refund:{}:submit", r.refund_id),
+                    actor,
+                    &RefundCommand::Submit {
+                        psp_refund_id: psp_refund_id.clone(),
+                        now,
+                    },
+                    "Submit",
+                )
+                .await?;
+            if view.status.is_terminal() {
+                handled = ctx
+                    .run::<Refund>(
+                        &stream,
+                        &format!("refund:{}:psp:{}", r.refund_id, view.status),
+                        actor,
+                        &RefundCommand::ApplyPspStatus {
+                            psp_refund_id: Some(psp_refund_id.clone()),
+                            status: view.status,
+                            error_message: view.error_message.clone(),
+                            now,
+                        },
+                        "ApplyPspStatus",
+                    )
+                    .await?;
+            }
+            tracing::info!(
+                stream_id = %stream, hyperswitch_refund_id = %psp_refund_id,
+                from_status = "requested",
+                to_status = %handled.state.status().map_or("none", |s| s.as_str()),
+                psp_status = %view.status, already_existed = view.already_existed,
+                "refund: refund submitted to Hyperswitch"
+            );
+            Ok(Step::Done)
+        }
+        Err(e) => match classify(&e) {
+            PspFailure::Transient | PspFailure::NeedsOperator => {
+                let due_at = ctx.work_retry_at(now, item.attempts);
+                tracing::warn!(
+                    stream_id = %stream, hyperswitch_refund_id = %psp_refund_id,
+                    attempts = item.attempts, retry_at = %due_at, error = %e,
+                    "refund: Hyperswitch create failed; retrying with the same refund_id"
+                );
+                Ok(Step::Later {
+                    due_at,
+                    error: Some(e.to_string()),
+                })
+            }
+            PspFailure::Definitive => {
+                ctx.run::<Refund>(
+                    &stream,
+                    &format!("refund:{}:create-refused", r.refund_id),
+                    actor,
+                    &RefundCommand::ApplyPspStatus {
+                        psp_refund_id: None,
+                        status: RefundPspStatus::Failed,
+                        error_message: Some(e.to_string()),
+                        now,
+                    },
+                    "ApplyPspStatus",
+                )
+                .await?;
+                tracing::warn!(
+                    stream_id = %stream, hyperswitch_refund_id = %psp_refund_id,
+                    from_status = "requested", to_status = "failed", error = %e,
+                    "refund: Hyperswitch refused the refund; it failed and its lines will be released"
+                );
+                Ok(Step::Done)
+            }
+        },
+    }
+}
+
+pub(crate) async fn step_settle(
+    ctx: &Ctx,
+    item: &WorkItem,
+    now: DateTime<Utc>,
+) -> Result<Step, ManagerError> {
+    let stream = stream_of(item)?;
+    let loaded = ctx.load::<Refund>(&stream).await?;
+    let Some(r) = loaded.state.refund.as_ref() else {
+        return Ok(Step::Done);
+    };
+    let refund_id = r.refund_id;
+    if let Some(to) = settle_refund_on_order(
+        ctx,
+        refund_id,
+        &loaded.state,
+        Actor::worker(WorkerKind::RefundSettle.name()),
+        now,
+    )
+    .await?
+    {
+        tracing::info!(
+            stream_id = %stream, order_stream_id = %r.order_id.stream_id(),
+            refund_status = %r.status, to_status = %to,
+            "refund_settle: order settled after its refund ended"
+        );
+    }
+    Ok(Step::Done)
+}
+
+/// Once a refund is terminal its order follows: `succeeded` completes the
+/// reserved lines, `failed` releases them. The webhook handler
+/// (`api::http::webhook::settle_refund_on_order`) does the same with the
+/// same command id, `refund:{id}:settle:{status}`, so whichever comes first
+/// wins and the other appends nothing. Returns the order's status when this
+/// call changed it.
+pub(crate) async fn settle_refund_on_order(
+    ctx: &Ctx,
+    refund_id: RefundId,
+    refund: &RefundState,
+    actor: Actor,
+    now: DateTime<Utc>,
+) -> Result<Option<OrderStatus>, ManagerError> {
+    let Some(r) = refund.refund.as_ref() else {
+        return Ok(None);
+    };
+    let command = match r.status {
+        RefundStatus::Succeeded => OrderCommand::CompleteRefund { refund_id, now },
+        RefundStatus::Failed => OrderCommand::ReleaseRefund {
+            refund_id,
+            reason: match (r.failure, &r.error_message) {
+                (_, Some(message)) => message.clone(),
+                (Some(RefundFailureKind::Orphaned), None) => ORPHANED_REASON.to_owned(),
+                _ => PSP_REFUSED_REASON.to_owned(),
+            },
+            now,
+        },
+        RefundStatus::Requested | RefundStatus::Submitted => return Ok(None),
+    };
+    let handled = ctx
+        .run::<Order>(
+            &r.order_id.stream_id(),
+            &format!("refund:{refund_id}:settle:{}", r.status.as_str()),
+            actor,
+            &command,
+            command.name(),
+        )
+        .await?;
+    Ok(handled
+        .appended
+        .is_some()
+        .then(|| handled.state.status())
+        .flatten())
+}
+
+pub(crate) async fn step_sellers(
+    ctx: &Ctx,
+    item: &WorkItem,
+    now: DateTime<Utc>,
+) -> Result<Step, ManagerError> {
+    let stream = stream_of(item)?;
+    let Some(order) = ctx.load::<Order>(&stream).await?.state.order else {
+        return Ok(Step::Done);
+    };
+    let mut blocked = None;
+    for refund_id in &order.completed_refunds {
+        for (seller_id, share_minor) in seller_shares_of(&order, *refund_id) {
+            if let Some(pending) =
+                settle_seller(ctx, &order, *refund_id, &seller_id, share_minor, now).await?
+            {
+                blocked = Some(pending);
+            }
+        }
+    }
+    match blocked {
+        None => Ok(Step::Done),
+        Some(reason) => Ok(Step::Later {
+            due_at: ctx.work_retry_at(now, item.attempts),
+            error: Some(reason),
+        }),
+    }
+}
+
+/// Each seller's share (`seller_minor`) of the lines `refund_id` refunded.
+fn seller_shares_of(order: &PlacedOrder, refund_id: RefundId) -> BTreeMap<SellerId, i64> {
+    let mut shares: BTreeMap<SellerId, i64> = BTreeMap::new();
+    for line in order
+        .lines
+        .iter()
+        .filter(|l| l.refund == LineRefund::Refunded(refund_id))
+    {
+        let share = shares.entry(line.line.seller_id.clone()).or_default();
+        *share = share.saturating_add(line.line.seller_minor);
+    }
+    shares
+}
+
+/// Applies one refund to one seller's transfer. `Some(reason)` when it has
+/// to wait (another reversal of the same transfer is in flight).
+async fn settle_seller(
+    ctx: &Ctx,
+    order: &PlacedOrder,
+    refund_id: RefundId,
+    seller_id: &SellerId,
+    share_minor: i64,
+    now: DateTime<Utc>,
+) -> Result<Option<String>, ManagerError> {
+    if share_minor <= 0 {
+        return Ok(None);
+    }
+    let actor = Actor::worker(WorkerKind::RefundSellers.name());
+    let id = transfer_id(order.order_id, seller_id);
+    let stream = id.stream_id();
+    let mut loaded = ctx.load::<SellerTransfer>(&stream).await?;
+    if loaded.state.transfer.is_none() {
+        // The payment's transfers were not scheduled yet (the transfers
+        // feed lags): schedule them now, from the order itself.
+        let shares: Vec<_> = seller_totals(order);
+        schedule_transfers(ctx, order.order_id, order.currency, &shares, now, actor).await?;
+        loaded = ctx.load::<SellerTransfer>(&stream).await?;
+    }
+    let Some(t) = loaded.state.transfer else {
+        return Ok(None);
+    };
+    if t.reductions.contains(&refund_id) || t.reversal_refunds.contains(&refund_id) {
+        return Ok(None);
+    }
+    let currency = t.amount.currency;
+    match t.status {
+        TransferStatus::Pending | TransferStatus::Failed | TransferStatus::PermanentlyFailed => {
+            let by = share_minor.min(t.amount.minor);
+            if by <= 0 {
+                return Ok(None);
+            }
+            let handled = ctx
+                .run::<SellerTransfer>(
+                    &stream,
+                    &format!("refund:{refund_id}:transfer:{id}:reduce"),
+                    actor,
+                    &TransferCommand::Reduce {
+                        by: Amount::new(by, currency),
+                        refund_id,
+                        now,
+                    },
+                    "Reduce",
+                )
+                .await?;
+            tracing::info!(
+                stream_id = %stream, refund_id = %refund_id, seller_id = %seller_id,
+                from_status = %t.status,
+                to_status = %handled.state.status().map_or("none", |s| s.as_str()),
+                amount_minor = by,
+                "refund_sellers: unpaid transfer reduced by the refunded share"
+            );
+            Ok(None)
+        }
+        TransferStatus::Completed | TransferStatus::PartiallyReversed => {
+            let available = t.transferred_minor.saturating_sub(t.reversed_minor);
+            let amount = share_minor.min(available);
+            if amount <= 0 {
+                return Ok(None);
+            }
+            let command = TransferCommand::RequestReversal {
+                refund_id,
+                amount: Amount::new(amount, currency),
+                now,
+            };
+            let ctx_cmd =
+                command_context(&format!("refund:{refund_id}:transfer:{id}:reverse"), actor);
+            match ledger_store::handle::execute::<SellerTransfer, _>(
+                &*ctx.events,
+                &stream,
+                &ctx_cmd,
+                &command,
+            )
+            .await
+            {
+                Ok(_) => {
+                    tracing::info!(
+                        stream_id = %stream, refund_id = %refund_id, seller_id = %seller_id,
+                        from_status = %t.status, to_status = "reversal_pending",
+                        amount_minor = amount,
+                        "refund_sellers: reversal of the refunded share requested"
+                    );
+                    Ok(None)
+                }
+                Err(HandleError::Rejected(TransferRejection::ReversalAlreadyPending {
+                    pending,
+                })) => Ok(Some(format!(
+                    "transfer {id} is reversing for refund {pending}"
+                ))),
+                Err(e) => Err(handle_error(&stream, "RequestReversal", e)),
+            }
+        }
+        TransferStatus::ReversalPending => Ok(Some(format!(
+            "transfer {id} is reversing for another refund"
+        ))),
+        TransferStatus::ReversalFailed => {
+            tracing::error!(
+                stream_id = %stream, refund_id = %refund_id, seller_id = %seller_id,
+                amount_minor = share_minor,
+                "refund_sellers: transfer is reversal_failed; the refunded share must be recovered by an operator"
+            );
+            Ok(None)
+        }
+        TransferStatus::Cancelled | TransferStatus::Reversed => Ok(None),
+    }
+}
+
+/// Per seller, the whole order's shares (what `PaymentSucceeded` carries).
+fn seller_totals(order: &PlacedOrder) -> Vec<ledger_core::order::SellerShare> {
+    let mut shares: Vec<ledger_core::order::SellerShare> = Vec::new();
+    for l in &order.lines {
+        let line = &l.line;
+        match shares.iter_mut().find(|s| s.seller_id == line.seller_id) {
+            Some(s) => {
+                s.total_minor = s.total_minor.saturating_add(line.total_minor);
+                s.fee_minor = s.fee_minor.saturating_add(line.fee_minor);
+                s.seller_minor = s.seller_minor.saturating_add(line.seller_minor);
+            }
+            None => shares.push(ledger_core::order::SellerShare {
+                seller_id: line.seller_id.clone(),
+                seller_account: line.seller_account.clone(),
+                total_minor: line.total_minor,
+                fee_minor: line.fee_minor,
+                seller_minor: line.seller_minor,
+            }),
+        }
+    }
+    shares
+}
