@@ -74,8 +74,7 @@ pub const WRITER_CACHE_KIB: u32 = 65_536;
 /// Generated statement text per (table, shadow).
 type SqlCache = HashMap<(&'static str, bool), Arc<str>>;
 
-static FULL_CHUNK_SQL: LazyLock<Mutex<SqlCache>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+static FULL_CHUNK_SQL: LazyLock<Mutex<SqlCache>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
 fn full_chunk_sql(w: &Write) -> Result<Arc<str>, ReadModelError> {
     let mut cache = FULL_CHUNK_SQL

@@ -40,6 +40,8 @@ pub enum ApiError {
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
     #[error("{message}")]
+    MethodNotAllowed { message: String },
+    #[error("{message}")]
     PayloadTooLarge { message: String },
     /// 422: well-formed, but the ledger's rules refuse it.
     #[error("{message}")]
@@ -96,6 +98,7 @@ impl ApiError {
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
@@ -113,6 +116,7 @@ impl ApiError {
             | ApiError::Conflict { code, .. }
             | ApiError::Unprocessable { code, .. } => code,
             ApiError::Forbidden { .. } => "forbidden",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::NotImplemented { .. } => "not_implemented",
             ApiError::Unavailable { .. } => "unavailable",

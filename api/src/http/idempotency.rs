@@ -112,7 +112,9 @@ where
     match store.begin(scope, key, &hash, now, LEASE).await {
         Err(e) => return ApiError::internal(e).into_response(),
         Ok(Begin::Completed(stored)) => {
-            state.metrics.idempotency_replay(scope);
+            // The label is the principal and route only, never an id.
+            let label: Vec<&str> = scope.splitn(3, ':').take(2).collect();
+            state.metrics.idempotency_replay(&label.join(":"));
             tracing::info!(scope, "idempotent replay");
             return respond(&stored, true);
         }

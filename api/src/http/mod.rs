@@ -315,6 +315,11 @@ pub fn app(state: AppState) -> Router {
                 async move { axum::Json(doc.as_ref().clone()) }
             }),
         )
+        .method_not_allowed_fallback(|| async {
+            ApiError::MethodNotAllowed {
+                message: "this route does not accept that method; see /openapi.json".to_owned(),
+            }
+        })
         .fallback(|| async {
             ApiError::not_found("route_not_found", "no such route; see /openapi.json")
         })

@@ -62,6 +62,7 @@ pub use facade::{FEED_ATTEMPTS_MAX, ManagerDeps, Managers, RunReport};
 pub use feed::{FEED_BATCH, FeedKind, WorkFeed};
 pub use ledger_store::work::{MemoryWorkStore, WorkItem, WorkOrder};
 pub use reconcile::{ClassReport, ReconcileAction, ReconcileFailure, ReconcileReport, Reconciler};
+pub use reversal::{REVERSAL_ATTEMPT, reversal_key_id};
 pub use transfer::RetriedTransfer;
 pub use worker::{CLAIM_LEASE, CLAIM_LIMIT, REFUND_OPEN_GRACE, WorkerKind, WorkerReport};
 
