@@ -63,7 +63,7 @@ async fn write(tx: &mut Transaction<'static, Postgres>, w: Write) -> Result<(), 
     )));
     for column in w.columns {
         query = match column {
-            Values::Text(v) => query.bind(v),
+            Values::Text(v) => query.bind(v.iter().map(Option::as_deref).collect::<Vec<_>>()),
             Values::Int(v) => query.bind(v),
             Values::Ts(v) => query.bind(v),
         };

@@ -90,7 +90,7 @@ fn full_chunk_sql(w: &Write) -> Result<Arc<str>, ReadModelError> {
 
 /// A column's values, taken in row order.
 enum Column {
-    Text(std::vec::IntoIter<Option<String>>),
+    Text(std::vec::IntoIter<Option<Arc<str>>>),
     Int(std::vec::IntoIter<Option<i64>>),
     Ts(std::vec::IntoIter<Option<DateTime<Utc>>>),
 }

@@ -66,7 +66,9 @@ pub enum ReadModelError {
 /// One column's values for a batch of rows, typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Values {
-    Text(Vec<Option<String>>),
+    /// Shared: equal values in a column are often one allocation, and the
+    /// adapters bind them without copying.
+    Text(Vec<Option<Arc<str>>>),
     Int(Vec<Option<i64>>),
     /// Whole microseconds (both backends store microseconds). Postgres binds
     /// them as `timestamptz`; SQLite as [`fold::format_ts`] text.
