@@ -56,11 +56,7 @@ async fn stored_checkpoint(
 /// One statement for all of a write's rows: a typed array per column.
 async fn write(tx: &mut Transaction<'static, Postgres>, w: Write) -> Result<(), ReadModelError> {
     let rows = w.rows();
-    let mut query = sqlx::query(AssertSqlSafe(w.table.write_sql(
-        Dialect::Postgres,
-        w.shadow,
-        rows,
-    )));
+    let mut query = sqlx::query(AssertSqlSafe(w.sql(Dialect::Postgres, rows)));
     for column in w.columns {
         query = match column {
             Values::Text(v) => query.bind(v.iter().map(Option::as_deref).collect::<Vec<_>>()),

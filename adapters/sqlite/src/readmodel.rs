@@ -15,6 +15,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use chrono::{DateTime, Utc};
 use ledger_core::Checkpoint;
 use ledger_projections::readmodel::fold::format_ts;
+use ledger_projections::readmodel::schema::WriteMode;
 use ledger_projections::readmodel::{
     Batch, Dialect, ReadModelError, ReadModelStore, Values, Write,
 };
@@ -69,10 +70,9 @@ fn writer_pragmas() -> String {
 /// of table and index pages.
 pub const WRITER_CACHE_KIB: u32 = 65_536;
 
-/// Statement texts of full chunks, per (table, shadow): built once per
+/// Statement texts of full chunks, per (table, mode, shadow): built once per
 /// process (each is `rows_per_statement` tuples long).
-/// Generated statement text per (table, shadow).
-type SqlCache = HashMap<(&'static str, bool), Arc<str>>;
+type SqlCache = HashMap<(&'static str, WriteMode, bool), Arc<str>>;
 
 static FULL_CHUNK_SQL: LazyLock<Mutex<SqlCache>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
@@ -81,10 +81,12 @@ fn full_chunk_sql(w: &Write) -> Result<Arc<str>, ReadModelError> {
         .lock()
         .map_err(|_| ReadModelError::Backend("statement cache poisoned".to_owned()))?;
     Ok(Arc::clone(
-        cache.entry((w.table.name, w.shadow)).or_insert_with(|| {
-            let per = w.table.rows_per_statement(Dialect::Sqlite);
-            w.table.write_sql(Dialect::Sqlite, w.shadow, per).into()
-        }),
+        cache
+            .entry((w.table.name, w.mode, w.shadow))
+            .or_insert_with(|| {
+                let per = w.table.rows_per_statement(Dialect::Sqlite);
+                w.sql(Dialect::Sqlite, per).into()
+            }),
     ))
 }
 

@@ -25,7 +25,7 @@ use fold::{
     Changes, FoldError, Images, IntoRow, ModelSet, OrderImage, OrderLineRow, OrderRow, RefundRow,
     RowBuilder, TransferRow,
 };
-use schema::{ColType, Table};
+use schema::{ColType, Table, WriteMode};
 pub use schema::{Dialect, ReadModel};
 
 /// Entity images kept between batches. Beyond this the cache is dropped and
@@ -112,6 +112,9 @@ impl Values {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Write {
     pub table: Table,
+    /// How to write: the table's own mode, or [`WriteMode::Insert`] for
+    /// entity rows the batch created.
+    pub mode: WriteMode,
     pub shadow: bool,
     pub columns: Vec<Values>,
 }
@@ -119,6 +122,13 @@ pub struct Write {
 impl Write {
     pub fn rows(&self) -> usize {
         self.columns.first().map_or(0, Values::len)
+    }
+
+    /// The statement for `rows` of this write's rows (see
+    /// [`Table::write_sql`]).
+    pub fn sql(&self, dialect: Dialect, rows: usize) -> String {
+        self.table
+            .write_sql_as(dialect, self.mode, self.shadow, rows)
     }
 }
 
@@ -181,6 +191,7 @@ fn transient(e: impl std::fmt::Display) -> HandlerError {
 /// Typed columns of `rows` for `table`; `None` when there are none.
 fn write_of<R: IntoRow>(
     table: &Table,
+    mode: WriteMode,
     shadow: bool,
     rows: impl ExactSizeIterator<Item = R>,
 ) -> Result<Option<Write>, HandlerError> {
@@ -193,8 +204,22 @@ fn write_of<R: IntoRow>(
     }
     Ok(Some(Write {
         table: *table,
+        mode,
         shadow,
         columns: b.finish().map_err(transient)?,
+    }))
+}
+
+/// The rows a fold built straight into `b` for `table`; `None` when none.
+fn built(table: &Table, shadow: bool, b: RowBuilder) -> Result<Option<Write>, HandlerError> {
+    if b.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Write {
+        table: *table,
+        mode: table.write,
+        shadow,
+        columns: b.finish_in_key_order(table).map_err(transient)?,
     }))
 }
 
@@ -439,60 +464,67 @@ impl ReadModelProjection {
     }
 
     /// The batch writing `changes` (images as they are now) and moving every
-    /// checkpoint behind `last` to it. Append-only rows go in key order
-    /// (index inserts in order, not scattered).
+    /// checkpoint behind `last` to it.
     fn batch_for(
         &mut self,
-        mut changes: Changes,
+        changes: Changes,
         cps: &BTreeMap<ReadModel, Option<Checkpoint>>,
         last: Option<Checkpoint>,
     ) -> Result<Batch, HandlerError> {
         use schema::*;
         let shadow = self.shadow;
-        changes
-            .entries
-            .sort_unstable_by(|a, b| a.entry_id.cmp(&b.entry_id));
-        changes
-            .postings
-            .sort_unstable_by(|a, b| (&a.entry_id, a.leg).cmp(&(&b.entry_id, b.leg)));
-        changes.anomalies.sort_unstable_by(|a, b| {
-            (&a.stream_id, a.stream_version).cmp(&(&b.stream_id, b.stream_version))
-        });
         let mut writes = Vec::new();
-        let orders: Vec<&OrderImage> = changes
-            .orders
-            .iter()
-            .filter_map(|k| self.images.orders.get(k).and_then(Option::as_ref))
-            .collect();
-        writes.extend(write_of(
-            &ORDER_VIEW,
-            shadow,
-            orders.iter().map(|o| &o.row),
-        )?);
-        let lines: Vec<&OrderLineRow> = orders.iter().flat_map(|o| &o.lines).collect();
-        writes.extend(write_of(&ORDER_LINE_VIEW, shadow, lines.iter().copied())?);
-        let refunds: Vec<&RefundRow> = changes
-            .refunds
-            .iter()
-            .filter_map(|k| self.images.refunds.get(k).and_then(Option::as_ref))
-            .collect();
-        writes.extend(write_of(&REFUND_VIEW, shadow, refunds.iter().copied())?);
-        let transfers: Vec<&TransferRow> = changes
-            .transfers
-            .iter()
-            .filter_map(|k| self.images.transfers.get(k).and_then(Option::as_ref))
-            .collect();
-        writes.extend(write_of(
-            &SELLER_TRANSFER_VIEW,
-            shadow,
-            transfers.iter().copied(),
-        )?);
-        writes.extend(write_of(
-            &JOURNAL_ENTRY,
-            shadow,
-            changes.entries.into_iter(),
-        )?);
-        writes.extend(write_of(&POSTING, shadow, changes.postings.into_iter())?);
+        // Entity rows: the ones created by this batch are plain inserts,
+        // the others upserts (SQLite keeps a statement journal for an
+        // upsert, not for an insert).
+        for created in [true, false] {
+            let mode = |t: &Table| if created { WriteMode::Insert } else { t.write };
+            let orders: Vec<&OrderImage> = changes
+                .orders
+                .iter()
+                .filter(|(_, c)| **c == created)
+                .filter_map(|(k, _)| self.images.orders.get(k).and_then(Option::as_ref))
+                .collect();
+            writes.extend(write_of(
+                &ORDER_VIEW,
+                mode(&ORDER_VIEW),
+                shadow,
+                orders.iter().map(|o| &o.row),
+            )?);
+            let lines: Vec<&OrderLineRow> = orders.iter().flat_map(|o| &o.lines).collect();
+            writes.extend(write_of(
+                &ORDER_LINE_VIEW,
+                mode(&ORDER_LINE_VIEW),
+                shadow,
+                lines.iter().copied(),
+            )?);
+            let refunds: Vec<&RefundRow> = changes
+                .refunds
+                .iter()
+                .filter(|(_, c)| **c == created)
+                .filter_map(|(k, _)| self.images.refunds.get(k).and_then(Option::as_ref))
+                .collect();
+            writes.extend(write_of(
+                &REFUND_VIEW,
+                mode(&REFUND_VIEW),
+                shadow,
+                refunds.iter().copied(),
+            )?);
+            let transfers: Vec<&TransferRow> = changes
+                .transfers
+                .iter()
+                .filter(|(_, c)| **c == created)
+                .filter_map(|(k, _)| self.images.transfers.get(k).and_then(Option::as_ref))
+                .collect();
+            writes.extend(write_of(
+                &SELLER_TRANSFER_VIEW,
+                mode(&SELLER_TRANSFER_VIEW),
+                shadow,
+                transfers.iter().copied(),
+            )?);
+        }
+        writes.extend(built(&JOURNAL_ENTRY, shadow, changes.entries)?);
+        writes.extend(built(&POSTING, shadow, changes.postings)?);
         let balances: Vec<fold::AccountBalanceRow> = changes
             .balances
             .into_iter()
@@ -507,8 +539,13 @@ impl ReadModelProjection {
                     })
             })
             .collect();
-        writes.extend(write_of(&ACCOUNT_BALANCE, shadow, balances.into_iter())?);
-        writes.extend(write_of(&ANOMALY, shadow, changes.anomalies.into_iter())?);
+        writes.extend(write_of(
+            &ACCOUNT_BALANCE,
+            ACCOUNT_BALANCE.write,
+            shadow,
+            balances.into_iter(),
+        )?);
+        writes.extend(built(&ANOMALY, shadow, changes.anomalies)?);
         Ok(Batch {
             writes,
             checkpoints: cps
@@ -691,13 +728,19 @@ pub async fn rebuild_into_shadow(
                 page.retain(|e| e.checkpoint() <= stop);
             }
             after = last;
-            let decoded: Result<Vec<(RecordedEvent, AnyEvent)>, HandlerError> = page
-                .into_iter()
-                .map(|rec| decode(&rec).map(|e| (rec, e)))
-                .collect();
-            let failed = decoded.is_err();
-            let empty = decoded.as_ref().is_ok_and(Vec::is_empty);
-            if (!empty && tx.send(decoded).await.is_err()) || failed {
+            // Sized up front: a page's events are large, and growing the
+            // vector by doubling copies them over and over.
+            let mut decoded = Vec::with_capacity(page.len());
+            for rec in page {
+                match decode(&rec) {
+                    Ok(event) => decoded.push((rec, event)),
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+            if !decoded.is_empty() && tx.send(Ok(decoded)).await.is_err() {
                 return;
             }
             if reached_stop {

@@ -59,7 +59,7 @@ const fn opt(name: &'static str, ty: ColType) -> Column {
 }
 
 /// How a batch writes a table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WriteMode {
     /// The whole row image replaces the stored row.
     Upsert,
@@ -389,6 +389,18 @@ impl Table {
     /// a multi-row `values` list of `rows` tuples, row-major (at most
     /// [`Table::rows_per_statement`] of them).
     pub fn write_sql(&self, dialect: Dialect, shadow: bool, rows: usize) -> String {
+        self.write_sql_as(dialect, self.write, shadow, rows)
+    }
+
+    /// [`Table::write_sql`] in another mode: [`WriteMode::Insert`] for rows
+    /// known not to be stored yet.
+    pub fn write_sql_as(
+        &self,
+        dialect: Dialect,
+        mode: WriteMode,
+        shadow: bool,
+        rows: usize,
+    ) -> String {
         let t = self.table_name(shadow);
         let cols = self.column_list();
         let source = match dialect {
@@ -407,7 +419,7 @@ impl Table {
                 format!("values {}", vec![tuple.as_str(); rows.max(1)].join(", "))
             }
         };
-        let conflict = match self.write {
+        let conflict = match mode {
             WriteMode::Insert => String::new(),
             WriteMode::Upsert => {
                 let sets = self
@@ -440,7 +452,7 @@ impl Table {
         // the statement's earlier rows, so no journal; the adapters roll
         // the whole transaction back on any error, so nothing half-written
         // survives either way. (An upsert's update path always may abort.)
-        let verb = match (dialect, self.write) {
+        let verb = match (dialect, mode) {
             (Dialect::Sqlite, WriteMode::Insert) => "insert or fail",
             _ => "insert",
         };
