@@ -273,6 +273,45 @@ impl RefundState {
     }
 }
 
+/// Order-side reason when a refund failed at the PSP without a message.
+pub const PSP_REFUSED_REASON: &str = "the PSP refused the refund";
+/// Order-side reason when the sweeper failed a refund that never reached
+/// the PSP.
+pub const ORPHANED_REASON: &str = "orphaned: the refund never reached the PSP";
+
+impl RequestedRefund {
+    /// What the refund's order must do once this refund is terminal:
+    /// `succeeded` completes the reserved lines, `failed` releases them;
+    /// `None` while it is still in flight. The cause
+    /// (`refund:{id}:settle:{status}`) derives the command id, so every path
+    /// that settles (webhook, worker, reconciler) converges on one set of
+    /// events and a second call appends nothing.
+    pub fn order_settlement(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Option<(String, crate::order::OrderCommand)> {
+        use crate::order::OrderCommand;
+        let refund_id = self.refund_id;
+        let command = match self.status {
+            RefundStatus::Succeeded => OrderCommand::CompleteRefund { refund_id, now },
+            RefundStatus::Failed => OrderCommand::ReleaseRefund {
+                refund_id,
+                reason: match (self.failure, &self.error_message) {
+                    (_, Some(message)) => message.clone(),
+                    (Some(RefundFailureKind::Orphaned), None) => ORPHANED_REASON.to_owned(),
+                    _ => PSP_REFUSED_REASON.to_owned(),
+                },
+                now,
+            },
+            RefundStatus::Requested | RefundStatus::Submitted => return None,
+        };
+        Some((
+            format!("refund:{refund_id}:settle:{}", self.status.as_str()),
+            command,
+        ))
+    }
+}
+
 /// The refund decider.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Refund;

@@ -19,10 +19,10 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ledger_core::ids::{
-    RefundId, command_id_from_cause, order_id_from_payment_id, refund_id_from_psp_refund_id,
+    command_id_from_cause, order_id_from_payment_id, refund_id_from_psp_refund_id,
 };
 use ledger_core::order::{Order, OrderCommand};
-use ledger_core::refund::{Refund, RefundCommand, RefundState, RefundStatus};
+use ledger_core::refund::{Refund, RefundCommand, RefundState};
 use ledger_core::{Metadata, Source};
 use ledger_psp::webhook::{EnvelopeError, EventClass, WebhookObject};
 use ledger_psp::{event_type_best_effort, parse_envelope, verify_hyperswitch};
@@ -280,15 +280,7 @@ async fn process(state: &AppState, headers: &HeaderMap, body: &[u8], request_id:
                     Ok(h) => h,
                     Err(e) => return classify(e),
                 };
-            match settle_refund_on_order(
-                &*state.events,
-                refund_id,
-                &handled.state,
-                &ctx.metadata,
-                now,
-            )
-            .await
-            {
+            match settle_refund_on_order(&*state.events, &handled.state, &ctx.metadata, now).await {
                 Ok(()) => Outcome::Ok,
                 Err(e) => e,
             }
@@ -300,12 +292,11 @@ async fn process(state: &AppState, headers: &HeaderMap, body: &[u8], request_id:
     }
 }
 
-/// Once a refund is terminal, its order follows: `succeeded` completes the
-/// reserved lines, `failed` releases them. Idempotent (derived command ids,
-/// core guards), so the reconciler and retries may call it again.
+/// Once a refund is terminal, its order follows (the core's
+/// `RequestedRefund::order_settlement`; the refund worker runs the same
+/// command with the same id, so whichever comes first wins).
 async fn settle_refund_on_order(
     events: &dyn EventStore,
-    refund_id: RefundId,
     refund: &RefundState,
     metadata: &Metadata,
     now: chrono::DateTime<chrono::Utc>,
@@ -313,22 +304,11 @@ async fn settle_refund_on_order(
     let Some(r) = refund.refund.as_ref() else {
         return Ok(());
     };
-    let command = match r.status {
-        RefundStatus::Succeeded => OrderCommand::CompleteRefund { refund_id, now },
-        RefundStatus::Failed => OrderCommand::ReleaseRefund {
-            refund_id,
-            reason: r
-                .error_message
-                .clone()
-                .unwrap_or_else(|| "the PSP refused the refund".to_owned()),
-            now,
-        },
-        RefundStatus::Requested | RefundStatus::Submitted => return Ok(()),
+    let Some((cause, command)) = r.order_settlement(now) else {
+        return Ok(());
     };
-    let command_id =
-        command_id_from_cause(&format!("refund:{refund_id}:settle:{}", r.status.as_str()));
     let ctx = CommandContext {
-        command_id,
+        command_id: command_id_from_cause(&cause),
         metadata: Metadata {
             causation_id: Some(metadata.correlation_id),
             ..metadata.clone()

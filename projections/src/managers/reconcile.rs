@@ -318,8 +318,7 @@ impl Reconciler {
         let refund_status = handled.state.status().unwrap_or(r.status);
         // Settle the order whatever this call appended: a crash after the
         // refund's own event must not leave the order reserved.
-        let order_status =
-            settle_refund_on_order(&self.ctx, r.refund_id, &handled.state, ACTOR, now).await?;
+        let order_status = settle_refund_on_order(&self.ctx, &handled.state, ACTOR, now).await?;
         let action = ReconcileAction {
             stream_id: stream.to_string(),
             from_status: r.status.as_str().to_owned(),

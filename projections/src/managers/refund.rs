@@ -18,9 +18,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use ledger_core::Amount;
 use ledger_core::ids::{RefundId, SellerId, StreamId, psp_refund_id_for, transfer_id};
-use ledger_core::order::{LineRefund, Order, OrderCommand, OrderEvent, OrderStatus, PlacedOrder};
+use ledger_core::order::{LineRefund, Order, OrderEvent, OrderStatus, PlacedOrder};
 use ledger_core::psp::RefundPspStatus;
-use ledger_core::refund::{Refund, RefundCommand, RefundFailureKind, RefundState, RefundStatus};
+use ledger_core::refund::{Refund, RefundCommand, RefundState, RefundStatus};
 use ledger_core::transfer::{SellerTransfer, TransferCommand, TransferRejection, TransferStatus};
 use ledger_psp::CreateRefund;
 use ledger_store::READ_BATCH_MAX;
@@ -30,11 +30,6 @@ use ledger_store::work::WorkItem;
 use super::transfer::schedule_transfers;
 use super::worker::{Step, WorkerKind, stream_of};
 use super::{Actor, Ctx, ManagerError, PspFailure, classify, command_context, handle_error};
-
-/// Release reason when the PSP gave no message (the webhook path's words).
-const PSP_REFUSED_REASON: &str = "the PSP refused the refund";
-/// Release reason of an orphaned refund.
-const ORPHANED_REASON: &str = "orphaned: the refund never reached the PSP";
 
 pub(crate) async fn step_open(
     ctx: &Ctx,
@@ -223,10 +218,8 @@ pub(crate) async fn step_settle(
     let Some(r) = loaded.state.refund.as_ref() else {
         return Ok(Step::Done);
     };
-    let refund_id = r.refund_id;
     if let Some(to) = settle_refund_on_order(
         ctx,
-        refund_id,
         &loaded.state,
         Actor::worker(WorkerKind::RefundSettle.name()),
         now,
@@ -242,15 +235,13 @@ pub(crate) async fn step_settle(
     Ok(Step::Done)
 }
 
-/// Once a refund is terminal its order follows: `succeeded` completes the
-/// reserved lines, `failed` releases them. The webhook handler
-/// (`api::http::webhook::settle_refund_on_order`) does the same with the
-/// same command id, `refund:{id}:settle:{status}`, so whichever comes first
-/// wins and the other appends nothing. Returns the order's status when this
-/// call changed it.
+/// Once a refund is terminal its order follows
+/// (`RequestedRefund::order_settlement` in the core, which the webhook
+/// handler runs too, with the same command id, so whichever comes first wins
+/// and the other appends nothing). Returns the order's status when this call
+/// changed it.
 pub(crate) async fn settle_refund_on_order(
     ctx: &Ctx,
-    refund_id: RefundId,
     refund: &RefundState,
     actor: Actor,
     now: DateTime<Utc>,
@@ -258,23 +249,13 @@ pub(crate) async fn settle_refund_on_order(
     let Some(r) = refund.refund.as_ref() else {
         return Ok(None);
     };
-    let command = match r.status {
-        RefundStatus::Succeeded => OrderCommand::CompleteRefund { refund_id, now },
-        RefundStatus::Failed => OrderCommand::ReleaseRefund {
-            refund_id,
-            reason: match (r.failure, &r.error_message) {
-                (_, Some(message)) => message.clone(),
-                (Some(RefundFailureKind::Orphaned), None) => ORPHANED_REASON.to_owned(),
-                _ => PSP_REFUSED_REASON.to_owned(),
-            },
-            now,
-        },
-        RefundStatus::Requested | RefundStatus::Submitted => return Ok(None),
+    let Some((cause, command)) = r.order_settlement(now) else {
+        return Ok(None);
     };
     let handled = ctx
         .run::<Order>(
             &r.order_id.stream_id(),
-            &format!("refund:{refund_id}:settle:{}", r.status.as_str()),
+            &cause,
             actor,
             &command,
             command.name(),
