@@ -203,13 +203,24 @@ pub async fn http(
         ("LEDGER_API_TOKEN", TOKEN.to_owned()),
         ("LEDGER_ADMIN_TOKEN", format!("{TOKEN}-admin")),
         ("HYPERSWITCH_WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
+        // The ledger's own path only: with the managers on, every order
+        // would also wait on a PSP round trip, which is the PSP's latency,
+        // not the ledger's.
+        ("HYPERSWITCH_ENABLED", "false".to_owned()),
     ]);
     let (config, _) = Config::from_env(&|k: &str| env.get(k).cloned())
         .map_err(|e| anyhow::anyhow!("bench config: {e}"))?;
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding a loopback port")?;
-    let server = crate::serve::start(&config, &backend, listener, Arc::new(SystemClock)).await?;
+    let server = crate::serve::start(
+        &config,
+        &backend,
+        listener,
+        Arc::new(SystemClock),
+        crate::managers::WorkerMode::Manual,
+    )
+    .await?;
     let shared = Arc::new(Shared {
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(opts.clients as usize)

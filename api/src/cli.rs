@@ -39,8 +39,8 @@ pub enum Command {
     Migrate,
     /// Print a stream's history and the folded state after each event.
     Replay(ReplayArgs),
-    /// Record one small marketplace day through the real command path
-    /// (simulated PSP outcomes), then print the trial balance.
+    /// One marketplace day through the whole system (HTTP API, PSP fake,
+    /// process managers, reconciler), then the trial balance and `verify`.
     Demo(DemoArgs),
     /// Measure throughput and latency against a same-run baseline.
     #[command(subcommand)]
@@ -57,6 +57,17 @@ pub enum Command {
     Rebuild(RebuildArgs),
     /// Run every read-model projection until Ctrl-C, logging lag.
     Project(ProjectArgs),
+    /// Force-sync stuck orders and refunds with the PSP and fail orphan
+    /// refunds (RECONCILE_*): one pass with `--once`, else every
+    /// RECONCILE_INTERVAL until Ctrl-C. Needs real PSP keys.
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// Run one pass, print what it did, exit.
+    #[arg(long)]
+    pub once: bool,
 }
 
 #[derive(Debug, Args)]
@@ -224,6 +235,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::rebuild::run(&backend, &args.projection).await
         }
         Command::Serve => crate::serve::run(database_url).await,
+        Command::Reconcile(args) => crate::reconcile::run(database_url, args.once).await,
         Command::Project(args) => {
             let (_, backend) = open_migrated(database_url).await?;
             crate::project::run(&backend, args.once).await
@@ -250,8 +262,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .day
                 .unwrap_or_else(|| chrono::Utc::now().format("%Y-%m-%d").to_string());
             println!("store: {}", url.describe());
-            crate::demo::run(backend.events(), &day).await?;
-            Ok(ExitCode::SUCCESS)
+            crate::demo::run(&backend, &day).await
         }
         Command::Bench(BenchCommand::Append(args)) => {
             let options = AppendBenchOptions {

@@ -75,6 +75,7 @@ pub mod var {
     pub const TRANSFER_RETRY_BACKOFF_MAX: &str = "TRANSFER_RETRY_BACKOFF_MAX";
     pub const WEBHOOK_LOG_RETENTION_DAYS: &str = "HYPERSWITCH_WEBHOOK_LOG_RETENTION_DAYS";
     pub const PSP_FAKE: &str = "LEDGER_PSP_FAKE";
+    pub const PSP_TIMEOUT: &str = "PSP_TIMEOUT";
     pub const DISABLE_RATE_LIMIT_FOR_TESTS: &str = "DISABLE_RATE_LIMIT_FOR_TESTS";
 }
 
@@ -87,6 +88,10 @@ pub const DEFAULT_HYPERSWITCH_BASE_URL: &str = "https://sandbox.hyperswitch.io";
 pub const DEFAULT_STRIPE_BASE_URL: &str = "https://api.stripe.com";
 /// Payments are on unless explicitly turned off (a safeguard, not a feature).
 pub const DEFAULT_HYPERSWITCH_ENABLED: bool = true;
+/// Bound on one PSP request. Hyperswitch and Stripe answer in well under a
+/// second; past this the call counts as a transient failure and is retried
+/// with the same idempotency key.
+pub const DEFAULT_PSP_TIMEOUT: Duration = Duration::from_secs(10);
 /// 10 %: the seed names no fee, so this is the product default.
 pub const DEFAULT_PLATFORM_FEE_BPS: u32 = 1_000;
 /// A fee above the line total would make the seller's share negative.
@@ -263,6 +268,8 @@ pub struct Config {
     pub transfer_retry: RetryWorkerConfig,
     pub webhook_log_retention_days: u32,
     pub psp_mode: PspMode,
+    /// `PSP_TIMEOUT`: each Hyperswitch / Stripe request.
+    pub psp_timeout: Duration,
     /// `DISABLE_RATE_LIMIT_FOR_TESTS`: test runners only; refused in production.
     pub disable_rate_limit_for_tests: bool,
 }
@@ -530,6 +537,7 @@ impl Config {
                 WEBHOOK_LOG_RETENTION_DAYS_MAX,
             ),
             psp_mode,
+            psp_timeout: r.duration(var::PSP_TIMEOUT, DEFAULT_PSP_TIMEOUT),
             disable_rate_limit_for_tests: r.bool(var::DISABLE_RATE_LIMIT_FOR_TESTS, false),
         };
 
@@ -753,6 +761,7 @@ impl fmt::Debug for Config {
                 &self.webhook_log_retention_days,
             )
             .field("psp_mode", &self.psp_mode)
+            .field("psp_timeout", &self.psp_timeout)
             .field(
                 "disable_rate_limit_for_tests",
                 &self.disable_rate_limit_for_tests,

@@ -1,326 +1,421 @@
-//! `ledger demo`: one small marketplace day through the real command path
-//! (core deciders + the configured event store), then a trial balance from
-//! the journal postings of every stored event.
+//! `ledger demo`: one marketplace day through the whole system — the real
+//! server on a loopback port, every command over HTTP with its
+//! Idempotency-Key, the PSP fake creating payments and refunds and
+//! delivering signed webhooks to the server's webhook route, Stripe
+//! transfers and reversals, the reconciler resolving a lost webhook — then
+//! the trial balance and `verify`.
 //!
-//! PSP outcomes here are *simulated inputs* (the statuses a webhook would
-//! carry); no PSP is called. It exists so a newcomer can see streams, replay
-//! and the journal on the embedded store in one command.
+//! Time is a manual clock that starts two hours ago, so the "31 minutes
+//! later" of the lost-webhook step needs no waiting and no recorded time is
+//! in the future. Keys derive from `--day`: running the same day again
+//! replays every stored response and moves no money.
 
-use anyhow::Context;
-use chrono::Utc;
-use ledger_core::ids::{
-    BuyerId, ProductId, SellerAccount, SellerId, StreamId, StripeReversalId, StripeTransferId,
-    command_id_from_cause, order_id_from_idempotency_key, payment_id_for, psp_refund_id_for,
-    refund_id_from_idempotency_key, transfer_id,
-};
-use ledger_core::order::{LineInput, Order, OrderCommand, OrderEvent};
-use ledger_core::psp::{PaymentStatus, RefundPspStatus};
-use ledger_core::refund::{Refund, RefundCommand};
-use ledger_core::transfer::{SellerTransfer, TransferCommand};
-use ledger_core::{Amount, Currency, Decider, FeeBps, Metadata, Source};
-use ledger_store::EventStore;
-use ledger_store::handle::{CommandContext, Handled, execute};
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::{TimeDelta, Utc};
+use ledger_core::ids::{OrderId, order_id_from_idempotency_key, payment_id_for};
+use ledger_core::psp::PaymentStatus;
+use ledger_projections::clock::{Clock, ManualClock};
+use ledger_projections::managers::Managers;
+use ledger_psp::fake::{DeliveryMode, FakeError, FakePsp, ResourceBehaviour};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
 use uuid::Uuid;
 
-fn ctx(cause: &str, source: Source, correlation: Uuid) -> CommandContext {
-    CommandContext {
-        command_id: command_id_from_cause(cause),
-        metadata: Metadata {
-            correlation_id: correlation,
-            causation_id: None,
-            actor: "demo".to_owned(),
-            source,
-            request_id: None,
-        },
+use crate::config::Config;
+use crate::managers::WorkerMode;
+use crate::serve::{self, RunningServer};
+use crate::store::Backend;
+
+/// Rounds of "deliver webhooks, run every manager" before the demo gives up.
+const SETTLE_ROUNDS_MAX: usize = 25;
+/// How far back the demo's clock starts.
+const DAY_STARTS_AGO: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// The running system the demo drives.
+struct Day {
+    server: RunningServer,
+    client: reqwest::Client,
+    base: String,
+    api_token: String,
+    admin_token: String,
+    clock: Arc<ManualClock>,
+    day: String,
+}
+
+impl Day {
+    fn fake(&self) -> anyhow::Result<&FakePsp> {
+        self.server.fake().context("the demo runs the PSP fake")
+    }
+
+    fn managers(&self) -> anyhow::Result<&Managers> {
+        self.server.managers().context("the demo runs the managers")
+    }
+
+    fn key(&self, what: &str) -> String {
+        format!("demo:{}:{what}", self.day)
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        token: &str,
+        key: &str,
+        body: &Value,
+    ) -> anyhow::Result<Value> {
+        let resp = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("POST {path}"))?;
+        let status = resp.status();
+        let replayed = resp.headers().contains_key("idempotent-replayed");
+        let body: Value = resp
+            .json()
+            .await
+            .with_context(|| format!("POST {path}: body"))?;
+        if !status.is_success() {
+            bail!("POST {path} answered {status}: {body}");
+        }
+        if replayed {
+            println!("      (replayed: this day was recorded before; nothing re-executed)");
+        }
+        Ok(body)
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.api_token)
+            .send()
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        let status = resp.status();
+        let body: Value = resp
+            .json()
+            .await
+            .with_context(|| format!("GET {path}: body"))?;
+        if !status.is_success() {
+            bail!("GET {path} answered {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    async fn place(&self, name: &str, buyer: &str, items: Value) -> anyhow::Result<OrderId> {
+        let key = self.key(name);
+        let body = json!({"buyer_id": buyer, "currency": "USD", "items": items});
+        let placed = self
+            .post("/v1/orders", &self.api_token, &key, &body)
+            .await?;
+        println!(
+            "    POST /v1/orders → {} total {} USD minor, fee {}, payment {} {}",
+            placed["status"].as_str().unwrap_or("?"),
+            placed["total_minor"],
+            placed["fee_minor"],
+            placed["payment_id"].as_str().unwrap_or("-"),
+            if placed["client_secret"].is_string() {
+                "(client_secret returned to the buyer)"
+            } else {
+                ""
+            },
+        );
+        Ok(order_id_from_idempotency_key(&key))
+    }
+
+    /// The buyer completes (or fails) the payment in the browser; Hyperswitch
+    /// then sends its webhook.
+    fn buyer_pays(&self, order: OrderId, status: PaymentStatus) -> anyhow::Result<()> {
+        match self
+            .fake()?
+            .complete_payment(&payment_id_for(order), status)
+        {
+            Ok(_) => Ok(()),
+            // A re-run of a recorded day creates no payment in this
+            // process's fake: there is nothing to pay, and nothing to do.
+            Err(FakeError::UnknownPayment(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn refund(&self, name: &str, order: OrderId, body: Value) -> anyhow::Result<()> {
+        let key = self.key(name);
+        let r = self
+            .post(
+                &format!("/v1/orders/{order}/refunds"),
+                &self.api_token,
+                &key,
+                &body,
+            )
+            .await?;
+        println!(
+            "    POST /v1/orders/…/refunds → refund {} {} of {} minor",
+            r["refund_id"].as_str().unwrap_or("?"),
+            r["status"].as_str().unwrap_or("?"),
+            r["amount_minor"]
+        );
+        Ok(())
+    }
+
+    /// The fake delivers its webhooks, the read models catch up, every
+    /// manager runs one pass — until nothing happens.
+    async fn settle(&self) -> anyhow::Result<()> {
+        for _ in 0..SETTLE_ROUNDS_MAX {
+            let delivered = self.fake()?.deliver_pending_webhooks().await;
+            for d in &delivered {
+                println!(
+                    "    webhook {} → {}",
+                    d.event_type,
+                    d.status.map_or("unreachable".to_owned(), |s| s.to_string())
+                );
+            }
+            self.wait_for_read_models().await?;
+            let report = self
+                .managers()?
+                .run_all_once(self.clock.now())
+                .await
+                .context("running the process managers")?;
+            if delivered.is_empty() && report.is_idle() {
+                return self.wait_for_read_models().await;
+            }
+        }
+        bail!("the managers did not come to rest in {SETTLE_ROUNDS_MAX} rounds")
+    }
+
+    /// Until the read-model projector has applied everything stored now:
+    /// nothing committed lies beyond its checkpoint.
+    async fn wait_for_read_models(&self) -> anyhow::Result<()> {
+        let state = &self.server.state;
+        let mut rx = state.projections[0].clone();
+        loop {
+            state.wake.notify_one();
+            let checkpoint = rx.borrow_and_update().checkpoint;
+            let beyond = state
+                .events
+                .read_all(checkpoint, 1)
+                .await
+                .context("reading the store")?;
+            if beyond.is_empty() {
+                return Ok(());
+            }
+            tokio::time::timeout(Duration::from_secs(30), rx.changed())
+                .await
+                .context("the read-model projector stopped moving")?
+                .context("the read-model projector stopped")?;
+        }
+    }
+
+    fn advance(&self, by: Duration) -> anyhow::Result<()> {
+        self.clock.advance(TimeDelta::from_std(by)?);
+        Ok(())
+    }
+
+    async fn show_order(&self, label: &str, order: OrderId) -> anyhow::Result<()> {
+        let o = self.get(&format!("/v1/orders/{order}")).await?;
+        println!(
+            "    {label}: {} captured {} refunded {}",
+            o["status"].as_str().unwrap_or("?"),
+            o["captured_minor"],
+            o["refunded_minor"]
+        );
+        Ok(())
     }
 }
 
-async fn run_cmd<D: Decider>(
-    store: &dyn EventStore,
-    stream: &StreamId,
-    ctx: &CommandContext,
-    cmd: D::Command,
-) -> anyhow::Result<Handled<D>>
-where
-    D::Rejection: 'static,
-{
-    execute::<D, dyn EventStore>(store, stream, ctx, &cmd)
-        .await
-        .map_err(|e| anyhow::anyhow!("{stream}: {e}"))
+fn item(product: &str, seller: &str, unit: i64, quantity: i64) -> Value {
+    json!({
+        "product_id": product,
+        "seller_id": seller,
+        "seller_account": format!("acct_{}", seller.replace('-', "_")),
+        "unit_amount_minor": unit,
+        "quantity": quantity,
+    })
 }
 
-/// Runs the day; `day` makes every id unique to this run (re-running with the
-/// same `day` is a no-op, which is the point of deterministic ids).
-pub async fn run(store: &dyn EventStore, day: &str) -> anyhow::Result<()> {
-    let usd = Currency::parse("USD")?;
-    let fee = FeeBps::new(1_000)?;
-    let now = Utc::now();
-    let corr = command_id_from_cause(&format!("demo:{day}"));
-    let line =
-        |product: &str, seller: &str, account: &str, unit: i64| -> anyhow::Result<LineInput> {
-            Ok(LineInput {
-                product_id: ProductId::new(product)?,
-                seller_id: SellerId::new(seller)?,
-                seller_account: SellerAccount::new(account)?,
-                unit_amount_minor: unit,
-                quantity: 1,
-            })
-        };
-
-    // 1. Two orders placed through the API path.
-    let mut orders = Vec::new();
-    for (n, lines) in [
+/// Runs the day on `backend` and returns `verify`'s exit code.
+pub async fn run(backend: &Backend, day: &str) -> anyhow::Result<ExitCode> {
+    let api_token = format!("demo-api-{}", Uuid::new_v4().simple());
+    let admin_token = format!("demo-admin-{}", Uuid::new_v4().simple());
+    let env: HashMap<&str, String> = HashMap::from([
+        ("APP_ENV", "development".to_owned()),
+        ("LEDGER_API_TOKEN", api_token.clone()),
+        ("LEDGER_ADMIN_TOKEN", admin_token.clone()),
         (
-            1,
-            vec![
-                line("track-1", "seller-ana", "acct_ana", 1_299)?,
-                line("course-7", "seller-bo", "acct_bo", 4_900)?,
-            ],
+            "HYPERSWITCH_WEBHOOK_SECRET",
+            format!("demo-whsec-{}", Uuid::new_v4().simple()),
         ),
-        (2, vec![line("track-9", "seller-ana", "acct_ana", 999)?]),
-    ] {
-        let key = format!("demo-{day}-order-{n}");
-        let order_id = order_id_from_idempotency_key(&key);
-        let stream = order_id.stream_id();
-        run_cmd::<Order>(
-            store,
-            &stream,
-            &ctx(&key, Source::Api, corr),
-            OrderCommand::PlaceOrder {
-                order_id,
-                buyer_id: BuyerId::new(format!("buyer-{n}"))?,
-                currency: usd,
-                lines,
-                fee_bps: fee,
-                now,
-            },
+        ("LEDGER_PSP_FAKE", "true".to_owned()),
+    ]);
+    let (config, _) = Config::from_env(&|k: &str| env.get(k).cloned())
+        .map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
+    let start = Utc::now() - TimeDelta::from_std(DAY_STARTS_AGO)?;
+    let clock = Arc::new(ManualClock::new(start));
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding a loopback port")?;
+    let server = serve::start(
+        &config,
+        backend,
+        listener,
+        clock.clone(),
+        WorkerMode::Manual,
+    )
+    .await?;
+    let d = Day {
+        base: format!("http://{}", server.addr),
+        server,
+        client: reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .context("HTTP client")?,
+        api_token,
+        admin_token,
+        clock,
+        day: day.to_owned(),
+    };
+    println!(
+        "demo day {day:?}: ledger on {} with the PSP fake at {}",
+        d.base,
+        d.server.fake_base_url().unwrap_or_default()
+    );
+
+    // Payments wait for the buyer, as with a real checkout.
+    d.fake()?.set_payment_behaviour(ResourceBehaviour::Hold);
+
+    println!("\n1. ana buys a track (lumen-records) and a course (kora-academy)");
+    let a = d
+        .place(
+            "order-ana",
+            "ana",
+            json!([
+                item("track-aurora", "lumen-records", 1_299, 1),
+                item("course-rust-101", "kora-academy", 4_900, 1)
+            ]),
         )
         .await?;
-        let payment_id = payment_id_for(order_id);
-        run_cmd::<Order>(
-            store,
-            &stream,
-            &ctx(&format!("{key}:init"), Source::Worker, corr),
-            OrderCommand::InitiatePayment {
-                payment_id: payment_id.clone(),
-                now,
-            },
+    d.buyer_pays(a, PaymentStatus::Succeeded)?;
+    d.settle().await?;
+    d.show_order("ana's order", a).await?;
+
+    println!("\n2. ben buys the course");
+    let b = d
+        .place(
+            "order-ben",
+            "ben",
+            json!([item("course-rust-101", "kora-academy", 4_900, 1)]),
         )
         .await?;
-        orders.push((order_id, stream, payment_id));
+    d.buyer_pays(b, PaymentStatus::Succeeded)?;
+    d.settle().await?;
+    d.show_order("ben's order", b).await?;
+
+    println!("\n3. cai's card is declined");
+    let c = d
+        .place(
+            "order-cai",
+            "cai",
+            json!([item("track-nocturne", "lumen-records", 999, 1)]),
+        )
+        .await?;
+    d.buyer_pays(c, PaymentStatus::Failed)?;
+    d.settle().await?;
+    d.show_order("cai's order", c).await?;
+
+    println!("\n4. dee buys two tracks and pays; Hyperswitch's webhook is lost");
+    let dee = d
+        .place(
+            "order-dee",
+            "dee",
+            json!([item("track-aurora", "lumen-records", 1_299, 2)]),
+        )
+        .await?;
+    d.fake()?.set_delivery_mode(DeliveryMode::Drop);
+    d.buyer_pays(dee, PaymentStatus::Succeeded)?;
+    d.fake()?.set_delivery_mode(DeliveryMode::Normal);
+    d.settle().await?;
+    d.show_order("dee's order", dee).await?;
+    println!("    … 31 minutes later the reconciler asks Hyperswitch:");
+    d.advance(Duration::from_secs(31 * 60))?;
+    d.wait_for_read_models().await?;
+    let report = d
+        .post(
+            "/v1/admin/reconcile",
+            &d.admin_token,
+            &d.key("reconcile"),
+            &json!({}),
+        )
+        .await?;
+    for a in report["orders"]["actions"].as_array().into_iter().flatten() {
+        println!(
+            "    reconcile {} {} → {} (PSP says {}, stuck {})",
+            a["stream_id"].as_str().unwrap_or("?"),
+            a["from_status"].as_str().unwrap_or("?"),
+            a["to_status"].as_str().unwrap_or("?"),
+            a["psp_status"].as_str().unwrap_or("?"),
+            a["stuck_for"].as_str().unwrap_or("?"),
+        );
     }
+    d.settle().await?;
+    d.show_order("dee's order", dee).await?;
 
-    // 2. Order 1 is paid, order 2's card is declined (simulated webhooks).
-    let (order1, stream1, pay1) = &orders[0];
-    run_cmd::<Order>(
-        store,
-        stream1,
-        &ctx(&format!("evt-{day}-1"), Source::Webhook, corr),
-        OrderCommand::ApplyPaymentStatus {
-            payment_id: pay1.clone(),
-            status: PaymentStatus::Succeeded,
-            amount_minor: Some(6_199),
-            error_message: None,
-            now,
-        },
+    println!(
+        "\n5. ana returns the track: Hyperswitch refunds it, lumen-records gives its share back"
+    );
+    d.advance(Duration::from_secs(10 * 60))?;
+    d.refund(
+        "refund-ana-track",
+        a,
+        json!({"reason": "bought by mistake", "product_ids": ["track-aurora"]}),
     )
     .await?;
-    let (_, stream2, pay2) = &orders[1];
-    run_cmd::<Order>(
-        store,
-        stream2,
-        &ctx(&format!("evt-{day}-2"), Source::Webhook, corr),
-        OrderCommand::ApplyPaymentStatus {
-            payment_id: pay2.clone(),
-            status: PaymentStatus::Failed,
-            amount_minor: None,
-            error_message: Some("card_declined".to_owned()),
-            now,
-        },
+    d.settle().await?;
+    d.show_order("ana's order", a).await?;
+
+    println!("\n6. ben returns the course: a full refund, kora-academy's payout reversed");
+    d.refund(
+        "refund-ben",
+        b,
+        json!({"reason": "course not as described"}),
     )
     .await?;
+    d.settle().await?;
+    d.show_order("ben's order", b).await?;
 
-    // 3. One payout per seller of the paid order, both succeed.
-    let sellers = stored_order_events(store, stream1)
-        .await?
-        .into_iter()
-        .find_map(|e| match e {
-            OrderEvent::PaymentSucceeded { sellers, .. } => Some(sellers),
-            _ => None,
-        })
-        .context("order 1 did not record PaymentSucceeded")?;
-    for share in &sellers {
-        let tid = transfer_id(*order1, &share.seller_id);
-        let stream = tid.stream_id();
-        let amount = Amount::new(share.seller_minor, usd);
-        let key = format!("demo-{day}-{tid}");
-        run_cmd::<SellerTransfer>(
-            store,
-            &stream,
-            &ctx(&format!("{key}:schedule"), Source::Worker, corr),
-            TransferCommand::Schedule {
-                transfer_id: tid,
-                order_id: *order1,
-                seller_id: share.seller_id.clone(),
-                destination: share.seller_account.clone(),
-                amount,
-                now,
-            },
-        )
-        .await?;
-        run_cmd::<SellerTransfer>(
-            store,
-            &stream,
-            &ctx(&format!("{key}:paid"), Source::Worker, corr),
-            TransferCommand::RecordSucceeded {
-                stripe_transfer_id: StripeTransferId::new(format!("tr_demo_{}", share.seller_id))?,
-                amount,
-                now,
-            },
-        )
-        .await?;
+    println!("\nseller transfers:");
+    let transfers = d.get("/v1/transfers?limit=100").await?;
+    for t in transfers["items"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<14} {:<18} paid {:>5} reversed {:>5}   transfer {}",
+            t["seller_id"].as_str().unwrap_or("?"),
+            t["status"].as_str().unwrap_or("?"),
+            t["transferred_minor"],
+            t["amount_reversed_minor"],
+            t["transfer_id"].as_str().unwrap_or("?"),
+        );
     }
-
-    // 4. The buyer refunds the course: reserve on the order, two-phase refund,
-    //    then the seller's payout is reversed for their share.
-    let refund_key = format!("demo-{day}-refund-1");
-    let refund_id = refund_id_from_idempotency_key(*order1, &refund_key);
-    run_cmd::<Order>(
-        store,
-        stream1,
-        &ctx(&refund_key, Source::Api, corr),
-        OrderCommand::RequestRefund {
-            refund_id,
-            product_ids: Some(vec![ProductId::new("course-7")?]),
-            reason: "buyer changed their mind".to_owned(),
-            now,
-        },
-    )
-    .await?;
-    let (amount_minor, lines) = stored_order_events(store, stream1)
-        .await?
-        .into_iter()
-        .find_map(|e| match e {
-            OrderEvent::RefundRequested {
-                amount_minor,
-                lines,
-                refund_id: r,
-                ..
-            } if r == refund_id => Some((amount_minor, lines)),
-            _ => None,
-        })
-        .context("the refund was not reserved")?;
-    let rstream = refund_id.stream_id();
-    run_cmd::<Refund>(
-        store,
-        &rstream,
-        &ctx(&format!("{refund_key}:request"), Source::Api, corr),
-        RefundCommand::Request {
-            refund_id,
-            order_id: *order1,
-            payment_id: pay1.clone(),
-            amount_minor,
-            currency: usd,
-            lines: lines.clone(),
-            reason: "buyer changed their mind".to_owned(),
-            now,
-        },
-    )
-    .await?;
-    let psp_refund = psp_refund_id_for(refund_id);
-    run_cmd::<Refund>(
-        store,
-        &rstream,
-        &ctx(&format!("{refund_key}:submit"), Source::Worker, corr),
-        RefundCommand::Submit {
-            psp_refund_id: psp_refund.clone(),
-            now,
-        },
-    )
-    .await?;
-    run_cmd::<Refund>(
-        store,
-        &rstream,
-        &ctx(&format!("evt-{day}-r1"), Source::Webhook, corr),
-        RefundCommand::ApplyPspStatus {
-            psp_refund_id: Some(psp_refund),
-            status: RefundPspStatus::Succeeded,
-            error_message: None,
-            now,
-        },
-    )
-    .await?;
-    run_cmd::<Order>(
-        store,
-        stream1,
-        &ctx(&format!("{refund_key}:complete"), Source::Worker, corr),
-        OrderCommand::CompleteRefund { refund_id, now },
-    )
-    .await?;
-    for l in &lines {
-        let tstream = transfer_id(*order1, &l.seller_id).stream_id();
-        let amount = Amount::new(l.seller_minor, usd);
-        run_cmd::<SellerTransfer>(
-            store,
-            &tstream,
-            &ctx(
-                &format!("{refund_key}:{}:reverse", l.seller_id),
-                Source::Worker,
-                corr,
-            ),
-            TransferCommand::RequestReversal {
-                refund_id,
-                amount,
-                now,
-            },
-        )
-        .await?;
-        run_cmd::<SellerTransfer>(
-            store,
-            &tstream,
-            &ctx(
-                &format!("{refund_key}:{}:reversed", l.seller_id),
-                Source::Worker,
-                corr,
-            ),
-            TransferCommand::RecordReversalSucceeded {
-                stripe_reversal_id: StripeReversalId::new(format!("trr_demo_{}", l.seller_id))?,
-                reversed_amount: amount,
-                now,
-            },
-        )
-        .await?;
+    println!("streams (replay any of them with `ledger replay <stream>`):");
+    for (label, order) in [("ana", a), ("ben", b), ("cai", c), ("dee", dee)] {
+        println!("  {}   ({label})", order.stream_id());
     }
-
-    println!("demo day {day:?} recorded. Streams:");
-    println!("  {stream1}   (paid, then the course refunded)");
-    println!("  {stream2}   (payment failed)");
-    println!("  {rstream}");
-    for share in &sellers {
-        println!("  {}", transfer_id(*order1, &share.seller_id).stream_id());
+    if let Ok(fake) = d.fake() {
+        let n = fake.counters();
+        println!(
+            "PSP fake, this run: {} payments, {} refunds, {} transfers, {} reversals created",
+            n.payments_created, n.refunds_created, n.transfers_created, n.reversals_created
+        );
     }
-    println!("replay one:  ledger replay {stream1}");
-    print_trial_balance(store).await
-}
+    d.server.shutdown().await?;
 
-/// The decoded events of an order stream (a re-run of the same day decides
-/// nothing new, so facts are read back from the store, not from the result).
-async fn stored_order_events(
-    store: &dyn EventStore,
-    stream: &StreamId,
-) -> anyhow::Result<Vec<OrderEvent>> {
-    crate::replay::read_whole_stream(store, stream)
-        .await?
-        .iter()
-        .map(|e| {
-            ledger_core::codec::decode::<OrderEvent>(&e.event_type, e.schema_version, &e.payload)
-                .with_context(|| format!("{} version {}", e.stream_id, e.stream_version))
-        })
-        .collect()
-}
-
-/// The trial balance of every stored event (see `ledger trial-balance`).
-pub async fn print_trial_balance(store: &dyn EventStore) -> anyhow::Result<()> {
-    let tb = crate::trial_balance::compute(store, None).await?;
-    crate::trial_balance::print(&tb, None, false)
+    println!();
+    crate::trial_balance::run(backend.events(), None, false).await?;
+    println!();
+    crate::verify::run(backend, &[]).await
 }

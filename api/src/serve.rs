@@ -14,13 +14,16 @@ use anyhow::Context;
 use ledger_core::FeeBps;
 use ledger_postgres::PgStore;
 use ledger_projections::clock::{Clock, SystemClock};
+use ledger_projections::managers::Managers;
 use ledger_projections::query::QueryStore;
 use ledger_projections::readmodel::{ReadModel, ReadModelProjection};
 use ledger_projections::retention::{self, RetentionConfig};
 use ledger_projections::runtime::Projector;
+use ledger_psp::fake::{FakeHandle, FakePsp, WebhookTarget};
 use ledger_store::EventStore;
 use ledger_store::idempotency::IdempotencyStore;
 use ledger_store::webhook_log::WebhookLogStore;
+use ledger_store::work::WorkStore;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -30,6 +33,7 @@ use crate::config::{AppEnv, Config, ConfigWarning, PspMode};
 use crate::http::auth::{TokenDigest, Tokens};
 use crate::http::metrics::Metrics;
 use crate::http::{AppState, HttpSettings, Inner, WebhookKey, app};
+use crate::managers::{ManagerOps, PspLink, WorkerMode};
 use crate::store::{Backend, StoreUrl};
 
 /// `/readyz` fails when a projection is further behind than this.
@@ -47,6 +51,7 @@ pub struct Ports {
     pub webhook_log: Arc<dyn WebhookLogStore>,
     pub reads: Arc<dyn QueryStore>,
     pub read_models: Arc<dyn ledger_projections::readmodel::ReadModelStore>,
+    pub work: Arc<dyn WorkStore>,
 }
 
 impl std::fmt::Debug for Ports {
@@ -64,6 +69,7 @@ impl Ports {
                 webhook_log: Arc::new(s.clone()),
                 reads: Arc::new(s.clone()),
                 read_models: Arc::new(s.clone()),
+                work: Arc::new(s.clone()),
             },
             Backend::Sqlite(s) => Ports {
                 events: Arc::new(s.clone()),
@@ -71,6 +77,7 @@ impl Ports {
                 webhook_log: Arc::new(s.clone()),
                 reads: Arc::new(s.clone()),
                 read_models: Arc::new(s.clone()),
+                work: Arc::new(s.clone()),
             },
         }
     }
@@ -84,6 +91,8 @@ pub struct RunningServer {
     cancel: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
     workers: Vec<JoinHandle<()>>,
+    managers: Option<Managers>,
+    fake: Option<FakeHandle>,
 }
 
 impl RunningServer {
@@ -100,11 +109,30 @@ impl RunningServer {
         for w in self.workers {
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, w).await;
         }
+        if let Some(fake) = self.fake {
+            fake.shutdown().await;
+        }
         served.context("serving HTTP")
     }
 
     pub fn cancel_token(&self) -> CancellationToken {
         self.cancel.clone()
+    }
+
+    /// The process managers; `None` when payments are off
+    /// (`HYPERSWITCH_ENABLED=false`, or real PSP keys missing).
+    pub fn managers(&self) -> Option<&Managers> {
+        self.managers.as_ref()
+    }
+
+    /// The in-process PSP fake (`PspMode::Fake` only).
+    pub fn fake(&self) -> Option<&FakePsp> {
+        self.fake.as_deref()
+    }
+
+    /// The fake's loopback root (`…/_fake/…` is its control API).
+    pub fn fake_base_url(&self) -> Option<String> {
+        self.fake.as_ref().map(FakeHandle::base_url)
     }
 }
 
@@ -137,12 +165,29 @@ fn settings(config: &Config) -> anyhow::Result<HttpSettings> {
     })
 }
 
-/// Starts everything on `listener` and returns at once.
+/// Where the in-process fake delivers: this server's own webhook route, on
+/// loopback when it listens on every interface, signed with its key.
+fn own_webhook_target(addr: SocketAddr, key: Option<&WebhookKey>) -> WebhookTarget {
+    let host = if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    WebhookTarget {
+        url: format!("http://{host}/webhooks/hyperswitch"),
+        key: key.map(|k| ledger_psp::Secret::new(String::from_utf8_lossy(&k.0).into_owned())),
+    }
+}
+
+/// Starts everything on `listener` and returns at once. `mode` says whether
+/// the PSP process managers run on their own timers (`ledger serve`) or only
+/// when called through [`RunningServer::managers`] (tests).
 pub async fn start(
     config: &Config,
     backend: &Backend,
     listener: TcpListener,
     clock: Arc<dyn Clock>,
+    mode: WorkerMode,
 ) -> anyhow::Result<RunningServer> {
     let ports = Ports::of(backend);
     let reads: Arc<dyn QueryStore> = match config.database_read_url.as_deref() {
@@ -207,6 +252,31 @@ pub async fn start(
         )));
     }
 
+    // PSP process managers.
+    let addr = listener.local_addr().context("listener address")?;
+    let webhook = own_webhook_target(addr, settings.webhook_key.as_ref());
+    let mut projections = vec![projection_status];
+    let (managers, fake) = match PspLink::connect(config, Some(webhook), mode).await? {
+        Some(link) => {
+            let managers = link.managers(&ports, config, clock.clone(), "serve");
+            projections.extend(managers.feed_status());
+            if mode == WorkerMode::Background {
+                workers.extend(managers.spawn(cancel.clone()));
+            }
+            (Some(managers), link.fake)
+        }
+        None => {
+            tracing::warn!(
+                "PSP PROCESS MANAGERS OFF: no payment, refund or payout will reach a PSP and /v1/admin answers 501. \
+                 Set HYPERSWITCH_ENABLED=true with HYPERSWITCH_API_KEY and STRIPE_SECRET_KEY (or run in development without keys for the PSP fake)"
+            );
+            (None, None)
+        }
+    };
+    let ops = managers
+        .as_ref()
+        .map(|m| Arc::new(ManagerOps::new(m.clone(), clock.clone())));
+
     let state = AppState(Arc::new(Inner {
         events: ports.events.clone(),
         idempotency: ports.idempotency.clone(),
@@ -215,12 +285,11 @@ pub async fn start(
         clock,
         settings,
         metrics: Metrics::new(),
-        projections: vec![projection_status],
-        admin: None,
-        payments: None,
+        projections,
+        admin: ops.clone().map(|o| o as Arc<dyn crate::http::AdminOps>),
+        payments: ops.map(|o| o as Arc<dyn crate::http::PaymentStarter>),
         wake,
     }));
-    let addr = listener.local_addr().context("listener address")?;
     let router = app(state.clone());
     let shutdown = cancel.clone();
     let server = tokio::spawn(async move {
@@ -238,6 +307,8 @@ pub async fn start(
         cancel,
         server,
         workers,
+        managers,
+        fake,
     })
 }
 
@@ -268,9 +339,10 @@ pub fn log_warnings(warnings: &[ConfigWarning]) {
     }
 }
 
-/// `ledger serve`.
-pub async fn run(database_url: Option<&str>) -> anyhow::Result<ExitCode> {
-    // `--database-url` (which clap also reads from DATABASE_URL) wins.
+/// The typed config from the process env, `--database-url` (which clap
+/// also reads from `DATABASE_URL`) winning. `Err` carries the message that
+/// names every problem; the caller prints it and exits 2.
+pub fn load_config(database_url: Option<&str>) -> Result<Config, String> {
     let env = |key: &str| {
         if key == "DATABASE_URL"
             && let Some(url) = database_url
@@ -279,14 +351,20 @@ pub async fn run(database_url: Option<&str>) -> anyhow::Result<ExitCode> {
         }
         std::env::var(key).ok()
     };
-    let (config, warnings) = match Config::from_env(&env) {
+    let (config, warnings) = Config::from_env(&env).map_err(|e| e.to_string())?;
+    log_warnings(&warnings);
+    Ok(config)
+}
+
+/// `ledger serve`.
+pub async fn run(database_url: Option<&str>) -> anyhow::Result<ExitCode> {
+    let config = match load_config(database_url) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ledger serve refuses to start:\n{e}");
             return Ok(ExitCode::from(2));
         }
     };
-    log_warnings(&warnings);
     tracing::info!(config = %config.redacted_summary(), "starting");
     if config.app_env != AppEnv::Production && config.psp_mode == PspMode::Fake {
         tracing::warn!("PSP FAKE IN USE: no real payment or payout will happen");
@@ -297,7 +375,14 @@ pub async fn run(database_url: Option<&str>) -> anyhow::Result<ExitCode> {
     let listener = TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("cannot listen on {} (LISTEN_ADDR)", config.listen_addr))?;
-    let server = start(&config, &backend, listener, Arc::new(SystemClock)).await?;
+    let server = start(
+        &config,
+        &backend,
+        listener,
+        Arc::new(SystemClock),
+        WorkerMode::Background,
+    )
+    .await?;
     println!("ledger listening on http://{}", server.addr);
     let cancel = server.cancel_token();
     tokio::spawn(async move {

@@ -3,7 +3,7 @@
 //!
 //! | feed | event | work |
 //! |---|---|---|
-//! | `pm.payments` | `OrderPlaced` | `payment` (order), now |
+//! | `pm.payments` | `OrderPlaced` | `payment` (order), after [`PAYMENT_START_GRACE`] |
 //! | `pm.transfers` | `PaymentSucceeded` | `Schedule` each seller's transfer (direct, idempotent), then `transfer` (transfer), now |
 //! | | `TransferFailed` | `transfer_retry`, at `next_retry_at` |
 //! | | `TransferRetried`, `TransferCompleted` over the amount due | `transfer`, now |
@@ -32,7 +32,7 @@ use ledger_core::{Checkpoint, RecordedEvent, decode_any};
 use ledger_store::work::{WorkOrder, WorkStore};
 
 use super::transfer::schedule_transfers;
-use super::worker::{REFUND_OPEN_GRACE, WorkerKind};
+use super::worker::{PAYMENT_START_GRACE, REFUND_OPEN_GRACE, WorkerKind};
 use super::{Actor, Ctx, ManagerError, after};
 use crate::runtime::{Handler, HandlerError};
 
@@ -136,8 +136,12 @@ impl WorkFeed {
         };
         let here = e.stream_id.to_string();
         Ok(match event {
-            AnyEvent::Order(OrderEvent::OrderPlaced { .. }) => {
-                vec![order(WorkerKind::Payment, here, now)]
+            AnyEvent::Order(OrderEvent::OrderPlaced { at, .. }) => {
+                vec![order(
+                    WorkerKind::Payment,
+                    here,
+                    after(*at, PAYMENT_START_GRACE),
+                )]
             }
             AnyEvent::Order(OrderEvent::PaymentSucceeded {
                 order_id,

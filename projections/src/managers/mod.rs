@@ -64,7 +64,9 @@ pub use ledger_store::work::{MemoryWorkStore, WorkItem, WorkOrder};
 pub use reconcile::{ClassReport, ReconcileAction, ReconcileFailure, ReconcileReport, Reconciler};
 pub use reversal::{REVERSAL_ATTEMPT, reversal_key_id};
 pub use transfer::RetriedTransfer;
-pub use worker::{CLAIM_LEASE, CLAIM_LIMIT, REFUND_OPEN_GRACE, WorkerKind, WorkerReport};
+pub use worker::{
+    CLAIM_LEASE, CLAIM_LIMIT, PAYMENT_START_GRACE, REFUND_OPEN_GRACE, WorkerKind, WorkerReport,
+};
 
 /// Why a manager step failed. A worker reschedules the item with backoff
 /// and logs it; `run_all_once` and the admin paths return it.

@@ -19,6 +19,13 @@ pub const CLAIM_LIMIT: u32 = 20;
 /// live worker never loses its rows; a crashed one's rows come back after it.
 pub const CLAIM_LEASE: Duration = Duration::from_secs(10 * 60);
 
+/// How long the payment worker leaves a new order to the API, which creates
+/// the payment inline within its own (shorter) deadline. Acting earlier
+/// would race that call: no second payment (the id is derived), but a
+/// second create request. Past it, the worker finishes what the API could
+/// not (PSP slow or down, process crashed).
+pub const PAYMENT_START_GRACE: Duration = Duration::from_secs(10);
+
 /// How long the `refund_open` check waits after a refund was reserved on
 /// its order before creating the refund stream itself. The API writes that
 /// stream right after the reservation; only a crash in between leaves it

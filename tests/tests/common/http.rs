@@ -26,7 +26,9 @@ use ledger_core::ids::{
 use ledger_core::order::{Order, OrderCommand};
 use ledger_core::{Metadata, Source};
 use ledger_postgres::PgStore;
-use ledger_projections::clock::ManualClock;
+use ledger_projections::clock::{Clock, ManualClock};
+use ledger_projections::managers::{Managers, RunReport};
+use ledger_psp::fake::FakePsp;
 use ledger_sqlite::SqliteStore;
 use ledger_store::handle::{CommandContext, execute};
 use ledger_store::webhook_log::WebhookLogEntry;
@@ -46,6 +48,9 @@ pub const HYPERSWITCH_UA: &str = "Hyperswitch-Backend-Server";
 /// Longest a test waits for the projector to reach the store head. Only a
 /// transaction held open elsewhere on the Postgres cluster gets near it.
 pub const SETTLE_MAX: Duration = Duration::from_secs(30);
+/// Rounds `run_until_idle` tries before it declares a livelock; the longest
+/// chain (refund → settle → sellers → reversal) needs about six.
+pub const IDLE_ROUNDS_MAX: usize = 25;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -226,8 +231,24 @@ pub fn test_env(overrides: &[(&str, &str)]) -> HashMap<String, String> {
     env
 }
 
-/// Starts the real server on `127.0.0.1:0` over a fresh store.
+/// Starts the real server on `127.0.0.1:0` over a fresh store, with the
+/// PSP process managers off (`HYPERSWITCH_ENABLED=false`): the HTTP edge
+/// alone, where an order stays `created` until a test moves it. The
+/// `http_psp` suite runs the whole system with [`spawn_app_with_psp`].
 pub async fn spawn_app(kind: Kind, overrides: &[(&str, &str)]) -> TestApp {
+    let mut all = vec![("HYPERSWITCH_ENABLED", "false")];
+    all.extend_from_slice(overrides);
+    start_app(kind, &all).await
+}
+
+/// The real server with the PSP process managers wired to its in-process
+/// PSP fake (development without PSP keys). The managers run only when a
+/// test calls them; the fake's webhooks wait for `deliver_pending_webhooks`.
+pub async fn spawn_app_with_psp(kind: Kind, overrides: &[(&str, &str)]) -> TestApp {
+    start_app(kind, overrides).await
+}
+
+async fn start_app(kind: Kind, overrides: &[(&str, &str)]) -> TestApp {
     let env = test_env(overrides);
     let (config, _warnings) =
         Config::from_env(&|k| env.get(k).cloned()).expect("the test config is valid");
@@ -244,9 +265,15 @@ pub async fn spawn_app(kind: Kind, overrides: &[(&str, &str)]) -> TestApp {
     backend.migrate().await.expect("migrate");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let clock = Arc::new(ManualClock::new(t0()));
-    let server = serve::start(&config, &backend, listener, clock.clone())
-        .await
-        .expect("serve::start");
+    let server = serve::start(
+        &config,
+        &backend,
+        listener,
+        clock.clone(),
+        ledger_api::managers::WorkerMode::Manual,
+    )
+    .await
+    .expect("serve::start");
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     TestApp {
         kind,
@@ -345,8 +372,8 @@ impl TestApp {
         (id, v["total_minor"].as_i64().unwrap())
     }
 
-    /// Records `InitiatePayment` as the payment manager would (it is not
-    /// wired into the server yet).
+    /// Records `InitiatePayment` as the payment manager does: a no-op (zero
+    /// events) when `POST /v1/orders` already started the payment inline.
     pub async fn initiate_payment(&self, order_id: OrderId) {
         let cause = format!("test:initiate:{order_id}");
         let command_id = command_id_from_cause(&cause);
@@ -504,6 +531,44 @@ impl TestApp {
 
     pub fn server(&self) -> &RunningServer {
         self.server.as_ref().expect("server running")
+    }
+
+    /// The server's PSP process managers (run only when a test calls them).
+    pub fn managers(&self) -> &Managers {
+        self.server().managers().expect("the managers are wired")
+    }
+
+    /// The server's in-process PSP fake.
+    pub fn fake(&self) -> &FakePsp {
+        self.server().fake().expect("the server runs the PSP fake")
+    }
+
+    /// Moves the manual clock.
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(chrono::TimeDelta::from_std(by).unwrap());
+    }
+
+    /// Drives the whole system until it rests: the fake delivers every
+    /// queued webhook to the server, the read models catch up, then every
+    /// manager runs one pass at the manual clock's now. Repeats until a
+    /// round delivers nothing and the managers report idle.
+    pub async fn run_until_idle(&self) -> Vec<RunReport> {
+        let mut reports = Vec::new();
+        for _ in 0..IDLE_ROUNDS_MAX {
+            let delivered = self.fake().deliver_pending_webhooks().await;
+            self.settle().await;
+            let report = self
+                .managers()
+                .run_all_once(Clock::now(&*self.clock))
+                .await
+                .expect("run_all_once");
+            let idle = delivered.is_empty() && report.is_idle();
+            reports.push(report);
+            if idle {
+                return reports;
+            }
+        }
+        panic!("the system did not come to rest in {IDLE_ROUNDS_MAX} rounds: {reports:#?}");
     }
 
     pub fn take_server(&mut self) -> RunningServer {
