@@ -8,16 +8,15 @@
 
 #[path = "common/http.rs"]
 mod http_common;
+#[path = "common/process.rs"]
+mod process;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use http_common::{fresh_pg_store_url, item, new_event_id, order_body, payment_webhook};
 use ledger_api::config::{Config, ConfigError, ProductionRefusal};
 use ledger_core::ids::OrderId;
+use process::{ServeProcess, Stopped, free_port, ledger_cmd};
 use uuid::Uuid;
 
 const P_API_TOKEN: &str = "apitok-PROC-SENTINEL-3c5e7a9b1d";
@@ -36,8 +35,6 @@ const SECRETS: [&str; 7] = [
     P_DB_PASSWORD,
     P_WRONG_TOKEN,
 ];
-/// Longest the process may take to start or to stop.
-const PROCESS_WAIT_MAX: Duration = Duration::from_secs(60);
 
 /// A production env that passes every check.
 fn production_env() -> HashMap<String, String> {
@@ -170,12 +167,6 @@ fn production_refuses_the_bypass_flag() {
     );
 }
 
-fn ledger_serve(env: &HashMap<String, String>) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ledger-e2e"));
-    cmd.arg("serve").env_clear().envs(env);
-    cmd
-}
-
 #[test]
 fn the_binary_refuses_unsafe_production_config_without_printing_secrets() {
     for (var, value, sentence) in [
@@ -204,7 +195,7 @@ fn the_binary_refuses_unsafe_production_config_without_printing_secrets() {
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let out = ledger_serve(&production_with(var, value))
+        let out = ledger_cmd(&["serve"], &production_with(var, value))
             .current_dir(dir.path())
             .output()
             .expect("spawn ledger serve");
@@ -227,46 +218,10 @@ fn the_binary_refuses_unsafe_production_config_without_printing_secrets() {
     }
 }
 
-/// A port nobody listens on now (bound, read, released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn_reader(
-    mut r: impl Read + Send + 'static,
-    lines: Option<mpsc::Sender<String>>,
-) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut all = String::new();
-        match lines {
-            Some(tx) => {
-                for line in BufReader::new(r).lines() {
-                    let line = line.unwrap_or_default();
-                    all.push_str(&line);
-                    all.push('\n');
-                    let _ = tx.send(line);
-                }
-            }
-            None => {
-                let mut bytes = Vec::new();
-                let _ = r.read_to_end(&mut bytes);
-                all = String::from_utf8_lossy(&bytes).into_owned();
-            }
-        }
-        all
-    })
-}
-
 async fn logs_never_show_secrets_and_sigterm_exits_zero(database_url: String) {
-    let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let env: HashMap<String, String> = [
         ("DATABASE_URL", database_url.as_str()),
-        ("LISTEN_ADDR", &format!("127.0.0.1:{port}")),
         ("LEDGER_API_TOKEN", P_API_TOKEN),
         ("LEDGER_ADMIN_TOKEN", P_ADMIN_TOKEN),
         ("HYPERSWITCH_WEBHOOK_SECRET", P_WEBHOOK_SECRET),
@@ -276,36 +231,9 @@ async fn logs_never_show_secrets_and_sigterm_exits_zero(database_url: String) {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    let mut child = ledger_serve(&env)
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ledger serve");
-    let (tx, rx) = mpsc::channel();
-    let out = spawn_reader(child.stdout.take().unwrap(), Some(tx));
-    let err = spawn_reader(child.stderr.take().unwrap(), None);
-    let started = tokio::task::spawn_blocking(move || {
-        loop {
-            match rx.recv_timeout(PROCESS_WAIT_MAX) {
-                Ok(line) if line.contains("ledger listening on") => return Ok(line),
-                Ok(_) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    })
-    .await
-    .unwrap();
-    if started.is_err() {
-        let _ = child.kill();
-        panic!(
-            "ledger serve did not start:\n{}\n{}",
-            out.join().unwrap(),
-            err.join().unwrap()
-        );
-    }
+    let server = ServeProcess::spawn(&env, free_port(), dir.path()).await;
 
-    let base = format!("http://127.0.0.1:{port}");
+    let base = server.base.clone();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let r = client
         .post(format!("{base}/v1/orders"))
@@ -364,24 +292,11 @@ async fn logs_never_show_secrets_and_sigterm_exits_zero(database_url: String) {
     }
     drop(client);
 
-    let pid = child.id().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("run kill");
-    assert!(killed.success());
-    let waited = tokio::time::timeout(
-        PROCESS_WAIT_MAX,
-        tokio::task::spawn_blocking(move || child.wait()),
-    )
-    .await;
-    let Ok(status) = waited else {
-        let _ = Command::new("kill").args(["-KILL", &pid]).status();
-        panic!("ledger serve did not stop within {PROCESS_WAIT_MAX:?} of SIGTERM");
-    };
-    let status = status.unwrap().unwrap();
-    let stdout = out.join().unwrap();
-    let stderr = err.join().unwrap();
+    let Stopped {
+        status,
+        stdout,
+        stderr,
+    } = server.stop().await;
     assert!(status.success(), "exit {status:?}\n{stdout}\n{stderr}");
 
     for line in stderr.lines().filter(|l| !l.trim().is_empty()) {

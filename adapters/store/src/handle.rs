@@ -8,7 +8,9 @@
 
 use ledger_core::codec::{self, CodecError};
 use ledger_core::ids::{EventId, StreamId};
-use ledger_core::{Decider, ExpectedVersion, InvalidHistory, Metadata, NewEvent, RecordedEvent};
+use ledger_core::{
+    Decider, ExpectedVersion, InvalidHistory, Metadata, NewEvent, RecordedEvent, Source,
+};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
@@ -26,6 +28,31 @@ pub struct CommandContext {
     /// re-run produces the same event ids.
     pub command_id: Uuid,
     pub metadata: Metadata,
+}
+
+impl CommandContext {
+    /// A context whose command id (and so its events' ids) derives from
+    /// `cause`, correlated with itself: re-running the same cause can never
+    /// append twice.
+    pub fn from_cause(cause: &str, actor: impl Into<String>, source: Source) -> CommandContext {
+        let command_id = ledger_core::ids::command_id_from_cause(cause);
+        CommandContext {
+            command_id,
+            metadata: Metadata {
+                correlation_id: command_id,
+                causation_id: None,
+                actor: actor.into(),
+                source,
+                request_id: None,
+            },
+        }
+    }
+
+    /// The same, carrying the HTTP request id.
+    pub fn with_request_id(mut self, request_id: impl Into<String>) -> CommandContext {
+        self.metadata.request_id = Some(request_id.into());
+        self
+    }
 }
 
 /// A stream folded from the store.

@@ -14,13 +14,13 @@ use axum::response::Response;
 use ledger_core::ExpectedVersion;
 use ledger_core::ids::{
     BuyerId, OrderId, ProductId, SellerAccount, SellerId, StreamId, TransferId,
-    command_id_from_cause, order_id_from_idempotency_key, refund_id_from_idempotency_key,
+    order_id_from_idempotency_key, refund_id_from_idempotency_key,
 };
 use ledger_core::order::{
     LineInput, ORDER_LINES_MAX, Order, OrderCommand, OrderRejection, OrderState, PlacedOrder,
 };
 use ledger_core::refund::{Refund, RefundCommand, RefundRejection, RefundState};
-use ledger_core::{Currency, Decider, Metadata, Source};
+use ledger_core::{Currency, Decider, Source};
 use ledger_store::StoreError;
 use ledger_store::handle::{CommandContext, HandleError, Handled, execute, load, to_new_events};
 use serde::{Deserialize, Serialize};
@@ -164,17 +164,7 @@ pub fn handle_error<R: std::error::Error + Send + Sync + 'static>(
 
 /// The command context for an API command: event ids derive from `cause`.
 pub fn api_context(cause: &str, principal: Principal, request_id: &str) -> CommandContext {
-    let command_id = command_id_from_cause(cause);
-    CommandContext {
-        command_id,
-        metadata: Metadata {
-            correlation_id: command_id,
-            causation_id: None,
-            actor: principal.as_str().to_owned(),
-            source: Source::Api,
-            request_id: Some(request_id.to_owned()),
-        },
-    }
+    CommandContext::from_cause(cause, principal.as_str(), Source::Api).with_request_id(request_id)
 }
 
 fn validate_order(

@@ -46,9 +46,9 @@ mod worker;
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use ledger_core::ids::{StreamId, command_id_from_cause};
+use ledger_core::ids::StreamId;
 use ledger_core::transfer::backoff_delay;
-use ledger_core::{Decider, Metadata, Source};
+use ledger_core::{Decider, Source};
 use ledger_psp::{PaymentGateway, PayoutGateway, PspError};
 use ledger_store::handle::{CommandContext, HandleError, Handled, Loaded, execute, load};
 use ledger_store::work::WorkStore;
@@ -155,17 +155,7 @@ impl Actor {
 /// Command context whose id (and so its events' ids) is derived from
 /// `cause`: re-running the same cause can never append twice.
 fn command_context(cause: &str, actor: Actor) -> CommandContext {
-    let command_id = command_id_from_cause(cause);
-    CommandContext {
-        command_id,
-        metadata: Metadata {
-            correlation_id: command_id,
-            causation_id: None,
-            actor: actor.name.to_owned(),
-            source: actor.source,
-            request_id: None,
-        },
-    }
+    CommandContext::from_cause(cause, actor.name, actor.source)
 }
 
 /// What the managers share.

@@ -338,17 +338,7 @@ impl Harness {
         cause: &str,
         command: &D::Command,
     ) -> D::State {
-        let command_id = command_id_from_cause(cause);
-        let ctx = CommandContext {
-            command_id,
-            metadata: Metadata {
-                correlation_id: command_id,
-                causation_id: None,
-                actor: "testkit".to_owned(),
-                source: Source::Api,
-                request_id: None,
-            },
-        };
+        let ctx = CommandContext::from_cause(cause, "testkit", Source::Api);
         execute::<D, _>(&*self.events, stream, &ctx, command)
             .await
             .unwrap_or_else(|e| panic!("{cause}: {e}"))

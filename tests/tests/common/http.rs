@@ -20,11 +20,9 @@ use ledger_api::http::AppState;
 use ledger_api::serve::{self, RunningServer};
 use ledger_api::store::Backend;
 use ledger_core::RecordedEvent;
-use ledger_core::ids::{
-    OrderId, RefundId, command_id_from_cause, payment_id_for, psp_refund_id_for,
-};
+use ledger_core::Source;
+use ledger_core::ids::{OrderId, RefundId, payment_id_for, psp_refund_id_for};
 use ledger_core::order::{Order, OrderCommand};
-use ledger_core::{Metadata, Source};
 use ledger_postgres::PgStore;
 use ledger_projections::clock::{Clock, ManualClock};
 use ledger_projections::managers::{Managers, RunReport};
@@ -375,18 +373,8 @@ impl TestApp {
     /// Records `InitiatePayment` as the payment manager does: a no-op (zero
     /// events) when `POST /v1/orders` already started the payment inline.
     pub async fn initiate_payment(&self, order_id: OrderId) {
-        let cause = format!("test:initiate:{order_id}");
-        let command_id = command_id_from_cause(&cause);
-        let ctx = CommandContext {
-            command_id,
-            metadata: Metadata {
-                correlation_id: command_id,
-                causation_id: None,
-                actor: "e2e".to_owned(),
-                source: Source::Worker,
-                request_id: None,
-            },
-        };
+        let ctx =
+            CommandContext::from_cause(&format!("test:initiate:{order_id}"), "e2e", Source::Worker);
         let command = OrderCommand::InitiatePayment {
             payment_id: payment_id_for(order_id),
             now: ledger_projections::clock::Clock::now(&*self.clock),
