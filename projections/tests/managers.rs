@@ -106,7 +106,7 @@ impl Logs {
         (logs, Capturing)
     }
 
-    /// `(level, message-and-fields)` of every line.
+    /// `(level, span fields then message and fields)` of every line.
     fn lines(&self) -> Vec<(String, String)> {
         let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
         text.lines()
@@ -117,13 +117,29 @@ impl Logs {
             .collect()
     }
 
-    /// Lines whose message starts with `name`.
+    /// Lines whose message (after any `span{…}: ` prefixes) starts with
+    /// `name`.
     fn of(&self, name: &str) -> Vec<(String, String)> {
         self.lines()
             .into_iter()
-            .filter(|(_, m)| m.starts_with(name))
+            .filter(|(_, m)| message(m).starts_with(name))
             .collect()
     }
+}
+
+/// A text-format line without its span prefixes (`work{…}: `).
+fn message(line: &str) -> &str {
+    let mut rest = line;
+    while let Some(open) = rest.find('{') {
+        let is_span = rest[..open]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let Some(close) = rest.find("}: ").filter(|_| is_span) else {
+            break;
+        };
+        rest = &rest[close + 3..];
+    }
+    rest
 }
 
 #[tokio::test]
@@ -197,7 +213,12 @@ async fn every_worker_action_logs_one_line_starting_with_its_name() {
             .filter(|(level, _)| level == "INFO")
             .collect();
         assert_eq!(lines.len(), count, "{name}: {:#?}", logs.lines());
-        assert!(lines.iter().all(|(_, l)| l.contains("stream_id=")));
+        for (_, l) in &lines {
+            // Which stream, why now, how long it waited, from and to.
+            for field in ["stream_id=", "work{waited=", "cause=new work"] {
+                assert!(l.contains(field), "{field} missing in {l}");
+            }
+        }
     }
 }
 

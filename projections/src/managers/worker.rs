@@ -5,8 +5,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use ledger_store::work::WorkItem;
 use serde::Serialize;
+use tracing::Instrument;
 
-use super::{Ctx, ManagerError, payment, refund, reversal, transfer};
+use super::{Ctx, ManagerError, human_duration, payment, refund, reversal, transfer};
 
 /// Rows one worker claims per pass. The seed's reversal worker used 20,
 /// safely under Stripe's 25 req/s sandbox limit with one call per row; a
@@ -130,7 +131,19 @@ pub(crate) async fn run_pass(
         failed: 0,
     };
     for item in &items {
-        match step(ctx, kind, item, now).await {
+        // Every line the step logs carries why it runs and how long the
+        // row waited past its due time.
+        let cause = match (&item.last_error, item.attempts) {
+            (_, 0) => "new work".to_owned(),
+            (Some(error), n) => format!("retry {n} after: {error}"),
+            (None, n) => format!("retry {n}"),
+        };
+        let span = tracing::info_span!(
+            "work",
+            waited = %human_duration(now - item.due_at),
+            cause = %cause,
+        );
+        match step(ctx, kind, item, now).instrument(span).await {
             Ok(Step::Done) => {
                 ctx.work.finish(item).await?;
                 report.finished += 1;
