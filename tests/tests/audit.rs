@@ -257,6 +257,52 @@ async fn deleted_event_row_fails_verify_naming_stream_and_version_postgres() {
     deleted_row_is_named(Kind::Postgres).await;
 }
 
+async fn hand_edited_row_is_named(kind: Kind) {
+    let f = Fixture::new(kind).await;
+    f.generated(14, 60, 2_000).await;
+    ok(&f.run(&["project", "--once"]).await);
+    let clean = ok(&f.run(&["verify", "--projections"]).await);
+    assert!(findings(&clean).is_empty(), "{clean}");
+    assert!(clean.contains("verify: clean"), "{clean}");
+
+    let feed = read_feed(f.store.as_ref()).await;
+    let stream = order_stream_with(&feed, 3);
+    let order_id = stream.trim_start_matches("order-").to_owned();
+    let edited = f
+        .execute(
+            "update order_view set status = 'hand_edited' where order_id = $1 and $2 > 0",
+            &order_id,
+            1,
+        )
+        .await;
+    assert_eq!(edited, 1);
+    let o = f.run(&["verify", "--projections"]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let out = stdout(&o);
+    let found = findings(&out);
+    assert_eq!(found.len(), 1, "{out}");
+    assert!(
+        found[0].starts_with("FINDING stream=order_view version=0 kind=projection_diff "),
+        "{out}"
+    );
+    for needle in [order_id.as_str(), "hand_edited"] {
+        assert!(found[0].contains(needle), "{needle} missing: {out}");
+    }
+    // Without --projections the event history itself is still clean.
+    let plain = ok(&f.run(&["verify"]).await);
+    assert!(findings(&plain).is_empty(), "{plain}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hand_edited_read_model_row_fails_verify_projections_sqlite() {
+    hand_edited_row_is_named(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hand_edited_read_model_row_fails_verify_projections_postgres() {
+    hand_edited_row_is_named(Kind::Postgres).await;
+}
+
 /// Places and initiates an order through the core, then appends a
 /// `PaymentSucceeded` whose sellers and fee don't add up to its amount: the
 /// store chains it like any event, the core's evolve accepts it, and only
