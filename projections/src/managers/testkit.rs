@@ -596,6 +596,7 @@ macro_rules! manager_scenarios {
     ($make:expr) => {
         $crate::manager_scenarios!(@cases $make;
             reconcile_stuck_order_syncs_via_synthetic_status,
+            reconcile_takes_at_most_the_batch_limit_per_tick,
             reconcile_recent_order_not_touched,
             reconcile_completed_order_not_touched,
             reconcile_order_without_payment_id_not_touched,
@@ -724,6 +725,42 @@ pub mod scenarios {
         // A second pass (and the late webhook's status) change nothing.
         let again = h.reconcile().await;
         assert_eq!(again.orders.looked_at, 0);
+    }
+
+    /// Seed item C: at most `batch_limit` rows per class per tick, so a
+    /// backlog does not hammer Hyperswitch; the next tick takes the rest,
+    /// oldest first.
+    pub async fn reconcile_takes_at_most_the_batch_limit_per_tick(make: &impl MakeHarness) {
+        let mut config = test_config();
+        config.reconcile.batch_limit = 2;
+        let h = make.make(config).await;
+        let mut orders = Vec::new();
+        for key in ["backlog-1", "backlog-2", "backlog-3"] {
+            let order_id = pending_order(&h, key).await;
+            h.fake
+                .complete_payment(&payment_id_for(order_id), PaymentStatus::Succeeded)
+                .expect("complete");
+            orders.push(order_id);
+            h.advance(MINUTE);
+        }
+        h.advance(31 * MINUTE);
+        let first = h.reconcile().await;
+        assert_eq!(first.orders.looked_at, 2);
+        let synced: Vec<&str> = first
+            .orders
+            .actions
+            .iter()
+            .map(|a| a.stream_id.as_str())
+            .collect();
+        let oldest: Vec<String> = orders[..2]
+            .iter()
+            .map(|o| o.stream_id().to_string())
+            .collect();
+        assert_eq!(synced, oldest);
+        assert_eq!(h.order(orders[2]).await.status, OrderStatus::Pending);
+        let second = h.reconcile().await;
+        assert_eq!(second.orders.looked_at, 1);
+        assert_eq!(h.order(orders[2]).await.status, OrderStatus::Completed);
     }
 
     pub async fn reconcile_recent_order_not_touched(make: &impl MakeHarness) {
