@@ -478,31 +478,3 @@ async fn spawned_loops_stop_on_cancel() {
         .expect("every loop stops once cancelled");
     assert!(joined.iter().all(Result::is_ok));
 }
-
-#[tokio::test]
-async fn refund_of_an_unpaid_transfer_reduces_it_instead_of_reversing() {
-    let h = testkit::memory(test_config()).await;
-    // Stripe refuses payouts: the transfers stay unpaid (failed).
-    h.fake.set_stripe_balance(Some(0));
-    let order_id = h.paid_order("reduce", &TWO_SELLERS).await;
-    h.request_refund(order_id, "r1", Some(&["p1", "p3"])).await;
-    h.run_until_idle().await;
-    let a = h.transfer(order_id, "seller-a").await;
-    let b = h.transfer(order_id, "seller-b").await;
-    // A keeps p2's share; B's only line went back, so nothing is owed.
-    assert_eq!(a.amount.minor, 1_800);
-    assert_eq!(b.status, ledger_core::transfer::TransferStatus::Cancelled);
-    h.fake.set_stripe_balance(None);
-    h.advance(MINUTE);
-    h.run_until_idle().await;
-    let a = h.transfer(order_id, "seller-a").await;
-    assert_eq!(a.status, ledger_core::transfer::TransferStatus::Completed);
-    assert_eq!(a.transferred_minor, 1_800);
-    assert_eq!(h.counters().transfers_created, 1);
-    assert_eq!(h.counters().reversals_created, 0);
-    let refund = h
-        .refund(refund_id_from_idempotency_key(order_id, "r1"))
-        .await
-        .unwrap();
-    assert_eq!(refund.amount_minor, 2_000);
-}

@@ -626,6 +626,7 @@ macro_rules! manager_scenarios {
             refund_phase1_crash_recovered,
             refund_phase2_crash_recovered,
             refund_refused_by_psp_releases_lines,
+            refund_of_an_unpaid_transfer_reduces_it_instead_of_reversing,
             full_lifecycle_moves_money_exactly_once,
         );
     };
@@ -1485,6 +1486,37 @@ pub mod scenarios {
     }
 
     // ------------------------------------------------------------ lifecycle
+
+    /// A refund of lines whose seller was never paid (Stripe refusing
+    /// payouts) reduces the unpaid transfer, or cancels it when nothing is
+    /// left owed, instead of reversing money that never moved.
+    pub async fn refund_of_an_unpaid_transfer_reduces_it_instead_of_reversing(
+        make: &impl MakeHarness,
+    ) {
+        let h = make.make(test_config()).await;
+        h.fake.set_stripe_balance(Some(0));
+        let order_id = h.paid_order("reduce", &TWO_SELLERS).await;
+        h.request_refund(order_id, "r1", Some(&["p1", "p3"])).await;
+        h.run_until_idle().await;
+        let a = h.transfer(order_id, "seller-a").await;
+        let b = h.transfer(order_id, "seller-b").await;
+        // A keeps p2's share; B's only line went back, so nothing is owed.
+        assert_eq!(a.amount.minor, 1_800);
+        assert_eq!(b.status, TransferStatus::Cancelled);
+        h.fake.set_stripe_balance(None);
+        h.advance(MINUTE);
+        h.run_until_idle().await;
+        let a = h.transfer(order_id, "seller-a").await;
+        assert_eq!(a.status, TransferStatus::Completed);
+        assert_eq!(a.transferred_minor, 1_800);
+        assert_eq!(h.counters().transfers_created, 1);
+        assert_eq!(h.counters().reversals_created, 0);
+        let refund = h
+            .refund(refund_id_from_idempotency_key(order_id, "r1"))
+            .await
+            .expect("refund stream");
+        assert_eq!(refund.amount_minor, 2_000);
+    }
 
     pub async fn full_lifecycle_moves_money_exactly_once(make: &impl MakeHarness) {
         let h = make.make(test_config()).await;
