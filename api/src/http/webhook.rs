@@ -181,17 +181,12 @@ pub async fn hyperswitch(State(state): State<AppState>, request: Request) -> Res
 }
 
 fn webhook_context(event_id: &str, stream_step: &str, request_id: &str) -> CommandContext {
-    let command_id = command_id_from_cause(&format!("hyperswitch:{event_id}:{stream_step}"));
-    CommandContext {
-        command_id,
-        metadata: Metadata {
-            correlation_id: command_id,
-            causation_id: None,
-            actor: "hyperswitch".to_owned(),
-            source: Source::Webhook,
-            request_id: Some(request_id.to_owned()),
-        },
-    }
+    CommandContext::from_cause(
+        &format!("hyperswitch:{event_id}:{stream_step}"),
+        "hyperswitch",
+        Source::Webhook,
+    )
+    .with_request_id(request_id)
 }
 
 fn classify<R: std::error::Error + 'static>(e: HandleError<R>) -> Outcome {
