@@ -280,7 +280,9 @@ pub async fn start(
     let state = AppState(Arc::new(Inner {
         events: ports.events.clone(),
         idempotency: ports.idempotency.clone(),
+        fresh: ledger_store::group_commit::FreshCommitter::start(ports.idempotency.clone()),
         webhook_log: ports.webhook_log.clone(),
+        log_writer: ledger_store::group_commit::LogCommitter::start(ports.webhook_log.clone()),
         reads,
         clock,
         settings,

@@ -257,6 +257,9 @@ mod tests {
         async fn insert_webhook_log(&self, _: &WebhookLogEntry) -> Result<i64, StoreError> {
             unreachable!("the sweep never inserts")
         }
+        async fn insert_webhook_logs(&self, _: &[WebhookLogEntry]) -> Result<Vec<i64>, StoreError> {
+            unreachable!("the sweep never inserts")
+        }
         async fn webhook_event_processed(&self, _: &str) -> Result<bool, StoreError> {
             unreachable!("the sweep never looks up events")
         }

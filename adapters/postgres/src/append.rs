@@ -374,6 +374,99 @@ async fn insert_new_stream(
     appended(stream, &rows).map(Some)
 }
 
+/// New streams' events, several streams in one statement (a group commit of
+/// fresh commands): each stream's versions `1..=n`, hashes chained in Rust.
+const NEW_STREAMS_SQL: &str = "insert into event (
+    stream_id, stream_version, event_id, event_type, schema_version,
+    payload, metadata, recorded_at, prev_hash, hash
+)
+select b.stream_id, b.version, b.id, b.event_type, b.schema_version, b.payload, b.metadata,
+    $10, b.prev, b.hash
+from unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::bigint[], $6::text[],
+        $7::text[], $8::bytea[], $9::bytea[])
+    with ordinality as b (stream_id, version, id, event_type, schema_version, payload, metadata,
+        prev, hash, ord)
+-- Identity values follow this order: global positions ascend with versions.
+order by b.ord
+returning stream_id, stream_version, global_position";
+
+/// Inserts each of `streams` (distinct, each with validated events) as a
+/// new stream, versions `1..=n`, in one statement on `conn` (an open
+/// transaction). `Ok(None)` when one of them already has events: the
+/// statement failed on `event_pk` and the transaction is aborted, so the
+/// caller must roll it back.
+pub(crate) async fn insert_new_streams(
+    conn: &mut PgConnection,
+    streams: &[(&StreamId, &[NewEvent])],
+    recorded_at: DateTime<Utc>,
+) -> Result<Option<Vec<AppendResult>>, StoreError> {
+    let total: usize = streams.iter().map(|(_, events)| events.len()).sum();
+    let mut stream_ids: Vec<&str> = Vec::with_capacity(total);
+    let mut versions: Vec<i64> = Vec::with_capacity(total);
+    let mut prev_hashes: Vec<Hash> = Vec::with_capacity(total);
+    let mut hashes: Vec<Hash> = Vec::with_capacity(total);
+    let mut ids = Vec::with_capacity(total);
+    let mut types = Vec::with_capacity(total);
+    let mut schema_versions = Vec::with_capacity(total);
+    let mut payloads = Vec::with_capacity(total);
+    let mut metadata = Vec::with_capacity(total);
+    for (stream, events) in streams {
+        let columns = Columns::of(stream, events, recorded_at);
+        let mut prev = GENESIS;
+        for (version, digest) in (1u64..).zip(&columns.digests) {
+            let hash = chain(&prev, version, digest);
+            stream_ids.push(stream.as_str());
+            versions.push(i64::try_from(version).unwrap_or(i64::MAX));
+            prev_hashes.push(prev);
+            hashes.push(hash);
+            prev = hash;
+        }
+        ids.extend(columns.ids);
+        types.extend(columns.types);
+        schema_versions.extend(columns.schema_versions);
+        payloads.extend(columns.payloads);
+        metadata.extend(columns.metadata);
+    }
+    let rows = match sqlx::query(NEW_STREAMS_SQL)
+        .bind(&stream_ids)
+        .bind(&versions)
+        .bind(&ids)
+        .bind(&types)
+        .bind(&schema_versions)
+        .bind(&payloads)
+        .bind(&metadata)
+        .bind(&prev_hashes)
+        .bind(&hashes)
+        .bind(recorded_at)
+        .fetch_all(&mut *conn)
+        .await
+    {
+        Ok(rows) => rows,
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => return Ok(None),
+        Err(err) => return Err(backend(err)),
+    };
+    if rows.len() != total {
+        return Err(StoreError::Backend(format!(
+            "new streams: the insert returned {} rows for {total} events",
+            rows.len()
+        )));
+    }
+    let mut by_stream: std::collections::HashMap<String, Vec<PgRow>> =
+        std::collections::HashMap::with_capacity(streams.len());
+    for row in rows {
+        let stream: String = row.try_get("stream_id").map_err(backend)?;
+        by_stream.entry(stream).or_default().push(row);
+    }
+    streams
+        .iter()
+        .map(|(stream, _)| {
+            let rows = by_stream.remove(stream.as_str()).unwrap_or_default();
+            appended(stream, &rows)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
 /// Appends `events` (already validated) on `conn` with the general path:
 /// a pooled connection for a standalone append, an open transaction for
 /// `append_many` and held appends. A lost race aborts an enclosing

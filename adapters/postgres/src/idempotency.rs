@@ -9,19 +9,54 @@
 //! stale claim both try, the second waits on the first's row lock, re-checks
 //! its `where` against the new row (Read Committed), no longer matches, and
 //! reads again. Every statement is autocommit: no transaction stays open.
+//!
+//! **Fresh commands** ([`IdempotencyStore::execute_fresh`]): one transaction
+//! claims every key with one `insert … on conflict do nothing` (in key
+//! order, so two batches lock keys in one order and cannot deadlock), then
+//! inserts the claimed commands' streams with one statement, then commits.
+//! A stream found to have events makes its command not fresh (its claim is
+//! deleted in the same transaction). One created by a concurrent writer
+//! after that check fails the insert on `event_pk`; the transaction is
+//! rolled back, and a batch of several is reported as an error so the
+//! caller retries its commands one by one.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ledger_store::StoreError;
 use ledger_store::idempotency::{
-    BEGIN_ATTEMPTS_MAX, Begin, Existing, ExistingRecord, IdempotencyStore, StoredResponse,
-    begin_contended, check_scope_and_key, judge_existing,
+    BEGIN_ATTEMPTS_MAX, Begin, Existing, ExistingRecord, Fresh, FreshCommand, IdempotencyStore,
+    StoredResponse, begin_contended, check_fresh_batch, check_scope_and_key, first_claims,
+    judge_existing,
 };
+use ledger_store::recorded_now;
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
 use crate::PgStore;
+use crate::append::insert_new_streams;
 use crate::error::backend;
+
+/// Claims fresh commands' keys, completed at once when a response is given.
+/// `$7` is the claim's (and completion's) time.
+/// Which of `$1` already have events.
+const EXISTING_STREAMS_SQL: &str =
+    "select stream_id from event where stream_id = any($1::text[]) and stream_version = 1";
+
+/// Drops the claims just made for commands whose stream exists.
+const UNCLAIM_SQL: &str = "delete from idempotency_record where (scope, key) in ( \
+         select * from unnest($1::text[], $2::text[]))";
+
+const FRESH_CLAIM_SQL: &str = "insert into idempotency_record (scope, key, request_hash, status, \
+         locked_at, response_status, response_content_type, response_body, completed_at) \
+     select c.scope, c.key, c.hash, \
+         case when c.body is null then 'in_progress' else 'completed' end, \
+         $7, c.status, c.content_type, c.body, \
+         case when c.body is null then null else $7::timestamptz end \
+     from unnest($1::text[], $2::text[], $3::bytea[], $4::int[], $5::text[], $6::bytea[]) \
+         as c (scope, key, hash, status, content_type, body) \
+     order by c.scope, c.key \
+     on conflict on constraint idempotency_record_pk do nothing \
+     returning scope, key";
 
 const CLAIM_SQL: &str = "insert into idempotency_record (scope, key, request_hash, status, locked_at) \
      values ($1, $2, $3, 'in_progress', $4) \
@@ -191,5 +226,142 @@ impl IdempotencyStore for PgStore {
             .map_err(backend)?
             .rows_affected();
         Ok(deleted)
+    }
+
+    async fn execute_fresh(
+        &self,
+        batch: &[FreshCommand],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Fresh>, StoreError> {
+        check_fresh_batch(batch)?;
+        let eligible = first_claims(batch);
+        let mut answers = vec![Fresh::NotFresh; batch.len()];
+        let candidates: Vec<&FreshCommand> = batch
+            .iter()
+            .zip(&eligible)
+            .filter_map(|(c, e)| e.then_some(c))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(answers);
+        }
+        let mut tx = self.pool().begin().await.map_err(backend)?;
+        let claimed_rows = sqlx::query(FRESH_CLAIM_SQL)
+            .bind(
+                candidates
+                    .iter()
+                    .map(|c| c.scope.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                candidates
+                    .iter()
+                    .map(|c| c.key.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                candidates
+                    .iter()
+                    .map(|c| c.request_hash.as_slice())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                candidates
+                    .iter()
+                    .map(|c| c.response.as_ref().map(|r| i32::from(r.status)))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                candidates
+                    .iter()
+                    .map(|c| c.response.as_ref().map(|r| r.content_type.as_str()))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                candidates
+                    .iter()
+                    .map(|c| c.response.as_ref().map(|r| r.body.as_slice()))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let mut claimed = std::collections::HashSet::with_capacity(claimed_rows.len());
+        for row in &claimed_rows {
+            let scope: String = row.try_get("scope").map_err(backend)?;
+            let key: String = row.try_get("key").map_err(backend)?;
+            claimed.insert((scope, key));
+        }
+        let to_write: Vec<usize> = (0..batch.len())
+            .filter(|&i| {
+                eligible[i] && claimed.contains(&(batch[i].scope.clone(), batch[i].key.clone()))
+            })
+            .collect();
+        // Streams that already have events (a replay after a lost record):
+        // those commands are not fresh, and their claims go again.
+        let existing: Vec<String> = sqlx::query_scalar(EXISTING_STREAMS_SQL)
+            .bind(
+                to_write
+                    .iter()
+                    .map(|&i| batch[i].stream.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let (to_write, unclaim): (Vec<usize>, Vec<usize>) = to_write
+            .into_iter()
+            .partition(|&i| !existing.iter().any(|s| s == batch[i].stream.as_str()));
+        if !unclaim.is_empty() {
+            sqlx::query(UNCLAIM_SQL)
+                .bind(
+                    unclaim
+                        .iter()
+                        .map(|&i| batch[i].scope.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    unclaim
+                        .iter()
+                        .map(|&i| batch[i].key.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        if to_write.is_empty() {
+            tx.rollback().await.map_err(backend)?;
+            return Ok(answers);
+        }
+        let streams: Vec<(&ledger_core::ids::StreamId, &[ledger_core::NewEvent])> = to_write
+            .iter()
+            .map(|&i| (&batch[i].stream, batch[i].events.as_slice()))
+            .collect();
+        match insert_new_streams(&mut tx, &streams, recorded_now()).await {
+            Ok(Some(results)) => {
+                tx.commit().await.map_err(backend)?;
+                for (i, result) in to_write.into_iter().zip(results) {
+                    answers[i] = Fresh::Written(result);
+                }
+                Ok(answers)
+            }
+            Ok(None) => {
+                // Aborted: nothing of this transaction stays.
+                tx.rollback().await.map_err(backend)?;
+                if to_write.len() == 1 {
+                    // The one command to write met its stream: not fresh.
+                    return Ok(answers);
+                }
+                Err(StoreError::Backend(
+                    "a concurrent writer created a stream of the fresh batch; retry its commands one by one"
+                        .to_owned(),
+                ))
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
     }
 }

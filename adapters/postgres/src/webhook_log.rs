@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ledger_store::StoreError;
 use ledger_store::webhook_log::{
-    RECENT_WEBHOOK_LOG_MAX, RESULT_OK, WebhookLogEntry, WebhookLogStore, is_processing_result,
+    RECENT_WEBHOOK_LOG_MAX, RESULT_OK, WebhookLogEntry, WebhookLogStore, check_webhook_log,
     storable_text,
 };
 use sqlx::Row;
@@ -54,25 +54,24 @@ fn decode_entry(row: &PgRow) -> Result<WebhookLogEntry, StoreError> {
 #[async_trait]
 impl WebhookLogStore for PgStore {
     async fn insert_webhook_log(&self, entry: &WebhookLogEntry) -> Result<i64, StoreError> {
-        if !is_processing_result(&entry.processing_result) {
-            return Err(StoreError::Backend(format!(
-                "webhook log processing_result {:?} is not one of the stored values",
-                entry.processing_result
-            )));
+        check_webhook_log(entry)?;
+        insert_one(entry, self.pool()).await
+    }
+
+    async fn insert_webhook_logs(
+        &self,
+        entries: &[WebhookLogEntry],
+    ) -> Result<Vec<i64>, StoreError> {
+        for entry in entries {
+            check_webhook_log(entry)?;
         }
-        sqlx::query_scalar(INSERT_SQL)
-            .bind(storable_text(&entry.payload).as_ref())
-            .bind(entry.signature_valid)
-            .bind(storable_text(&entry.processing_result).as_ref())
-            .bind(opt_text(entry.source_ip.as_ref()))
-            .bind(opt_text(entry.user_agent.as_ref()))
-            .bind(storable_text(&entry.request_id).as_ref())
-            .bind(opt_text(entry.event_type.as_ref()))
-            .bind(opt_text(entry.event_id.as_ref()))
-            .bind(entry.received_at)
-            .fetch_one(self.pool())
-            .await
-            .map_err(backend)
+        let mut tx = self.pool().begin().await.map_err(backend)?;
+        let mut ids = Vec::with_capacity(entries.len());
+        for entry in entries {
+            ids.push(insert_one(entry, &mut *tx).await?);
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(ids)
     }
 
     async fn webhook_event_processed(&self, event_id: &str) -> Result<bool, StoreError> {
@@ -107,4 +106,23 @@ impl WebhookLogStore for PgStore {
             .map_err(backend)?;
         rows.iter().map(decode_entry).collect()
     }
+}
+
+async fn insert_one<'c, E: sqlx::PgExecutor<'c>>(
+    entry: &WebhookLogEntry,
+    executor: E,
+) -> Result<i64, StoreError> {
+    sqlx::query_scalar(INSERT_SQL)
+        .bind(storable_text(&entry.payload).as_ref())
+        .bind(entry.signature_valid)
+        .bind(storable_text(&entry.processing_result).as_ref())
+        .bind(opt_text(entry.source_ip.as_ref()))
+        .bind(opt_text(entry.user_agent.as_ref()))
+        .bind(storable_text(&entry.request_id).as_ref())
+        .bind(opt_text(entry.event_type.as_ref()))
+        .bind(opt_text(entry.event_id.as_ref()))
+        .bind(entry.received_at)
+        .fetch_one(executor)
+        .await
+        .map_err(backend)
 }

@@ -5,14 +5,22 @@
 //! ([`SqliteStore::begin_write`]), so no other writer, in this process or
 //! another, can change the record between the two. Timestamps are integer
 //! microseconds, like `event.recorded_at`.
+//!
+//! **Fresh commands** ([`IdempotencyStore::execute_fresh`]): one write
+//! transaction; for each command, a key that has a record or a stream that
+//! has events makes it [`Fresh::NotFresh`] (both read under the write lock,
+//! so nothing changes between the check and the write), else its stream
+//! and its record are written. One commit for the batch.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use ledger_core::ExpectedVersion;
 use ledger_store::StoreError;
 use ledger_store::idempotency::{
-    Begin, Existing, ExistingRecord, IdempotencyStore, StoredResponse, check_scope_and_key,
-    judge_existing,
+    Begin, Existing, ExistingRecord, Fresh, FreshCommand, IdempotencyStore, StoredResponse,
+    check_fresh_batch, check_scope_and_key, first_claims, judge_existing,
 };
+use ledger_store::recorded_now;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
@@ -24,6 +32,16 @@ const READ_SQL: &str = "select request_hash, status, response_status, response_c
 
 const CLAIM_SQL: &str = "insert into idempotency_record (scope, key, request_hash, status, locked_at) \
      values (?1, ?2, ?3, 'in_progress', ?4)";
+
+/// A fresh command's record: completed at once when `?5` (the body) is
+/// given, else claimed in progress.
+const FRESH_CLAIM_SQL: &str = "insert into idempotency_record (scope, key, request_hash, status, \
+         locked_at, response_status, response_content_type, response_body, completed_at) \
+     values (?1, ?2, ?3, case when ?6 is null then 'in_progress' else 'completed' end, ?4, \
+         ?5, ?7, ?6, case when ?6 is null then null else ?4 end)";
+
+const RECORD_EXISTS_SQL: &str =
+    "select exists (select 1 from idempotency_record where scope = ?1 and key = ?2)";
 
 const TAKE_OVER_SQL: &str = "update idempotency_record set locked_at = ?4 \
      where scope = ?1 and key = ?2 and status = 'in_progress' and locked_at = ?3";
@@ -83,6 +101,65 @@ fn decode_existing(row: &SqliteRow, scope: &str) -> Result<ExistingRecord, Store
 }
 
 impl SqliteStore {
+    /// `execute_fresh` inside the caller's write transaction.
+    async fn execute_fresh_in(
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        batch: &[FreshCommand],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Fresh>, StoreError> {
+        let recorded_at = recorded_now();
+        let mut answers = Vec::with_capacity(batch.len());
+        for (command, eligible) in batch.iter().zip(first_claims(batch)) {
+            if !eligible {
+                answers.push(Fresh::NotFresh);
+                continue;
+            }
+            let taken: bool = sqlx::query_scalar(RECORD_EXISTS_SQL)
+                .bind(command.scope.as_str())
+                .bind(command.key.as_str())
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(backend)?;
+            if taken {
+                answers.push(Fresh::NotFresh);
+                continue;
+            }
+            let appended = match crate::append::append_in(
+                tx,
+                &command.stream,
+                ExpectedVersion::NoStream,
+                &command.events,
+                recorded_at,
+            )
+            .await
+            {
+                // Wrote nothing: the stream has events.
+                Err(StoreError::WrongExpectedVersion { .. }) => None,
+                Ok(result) if result.already_existed => None,
+                Ok(result) => Some(result),
+                Err(e) => return Err(e),
+            };
+            let Some(appended) = appended else {
+                answers.push(Fresh::NotFresh);
+                continue;
+            };
+            let response = command.response.as_ref();
+            sqlx::query(FRESH_CLAIM_SQL)
+                .bind(command.scope.as_str())
+                .bind(command.key.as_str())
+                .bind(command.request_hash.as_slice())
+                .bind(now.timestamp_micros())
+                .bind(response.map(|r| i64::from(r.status)))
+                .bind(response.map(|r| r.body.as_slice()))
+                .bind(response.map(|r| r.content_type.as_str()))
+                .execute(&mut **tx)
+                .await
+                .map_err(backend)?;
+            answers.push(Fresh::Written(appended));
+        }
+        Ok(answers)
+    }
+
     /// `begin`'s read-judge-write, inside the caller's write transaction.
     async fn begin_in(
         tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
@@ -205,5 +282,19 @@ impl IdempotencyStore for SqliteStore {
             .await
             .map_err(backend);
         Ok(finish(tx, outcome).await?.rows_affected())
+    }
+
+    async fn execute_fresh(
+        &self,
+        batch: &[FreshCommand],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Fresh>, StoreError> {
+        check_fresh_batch(batch)?;
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin_write().await?;
+        let outcome = SqliteStore::execute_fresh_in(&mut tx, batch, now).await;
+        finish(tx, outcome).await
     }
 }

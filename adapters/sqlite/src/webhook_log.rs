@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ledger_store::StoreError;
 use ledger_store::webhook_log::{
-    RECENT_WEBHOOK_LOG_MAX, RESULT_OK, WebhookLogEntry, WebhookLogStore, is_processing_result,
+    RECENT_WEBHOOK_LOG_MAX, RESULT_OK, WebhookLogEntry, WebhookLogStore, check_webhook_log,
     storable_text,
 };
 use sqlx::Row;
@@ -54,26 +54,35 @@ fn decode_entry(row: &SqliteRow) -> Result<WebhookLogEntry, StoreError> {
 #[async_trait]
 impl WebhookLogStore for SqliteStore {
     async fn insert_webhook_log(&self, entry: &WebhookLogEntry) -> Result<i64, StoreError> {
-        if !is_processing_result(&entry.processing_result) {
-            return Err(StoreError::Backend(format!(
-                "webhook log processing_result {:?} is not one of the stored values",
-                entry.processing_result
-            )));
+        let mut ids = self
+            .insert_webhook_logs(std::slice::from_ref(entry))
+            .await?;
+        ids.pop()
+            .ok_or_else(|| StoreError::Backend("the webhook log insert returned no id".to_owned()))
+    }
+
+    async fn insert_webhook_logs(
+        &self,
+        entries: &[WebhookLogEntry],
+    ) -> Result<Vec<i64>, StoreError> {
+        for entry in entries {
+            check_webhook_log(entry)?;
         }
         let mut tx = self.begin_write().await?;
-        let outcome = sqlx::query_scalar(INSERT_SQL)
-            .bind(storable_text(&entry.payload).as_ref())
-            .bind(entry.signature_valid)
-            .bind(storable_text(&entry.processing_result).as_ref())
-            .bind(opt_text(entry.source_ip.as_ref()))
-            .bind(opt_text(entry.user_agent.as_ref()))
-            .bind(storable_text(&entry.request_id).as_ref())
-            .bind(opt_text(entry.event_type.as_ref()))
-            .bind(opt_text(entry.event_id.as_ref()))
-            .bind(entry.received_at.timestamp_micros())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend);
+        let mut outcome = Ok(Vec::with_capacity(entries.len()));
+        for entry in entries {
+            match insert_one(entry, &mut tx).await {
+                Ok(id) => {
+                    if let Ok(ids) = &mut outcome {
+                        ids.push(id);
+                    }
+                }
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
         finish(tx, outcome).await
     }
 
@@ -109,4 +118,23 @@ impl WebhookLogStore for SqliteStore {
             .map_err(backend)?;
         rows.iter().map(decode_entry).collect()
     }
+}
+
+async fn insert_one(
+    entry: &WebhookLogEntry,
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+) -> Result<i64, StoreError> {
+    sqlx::query_scalar(INSERT_SQL)
+        .bind(storable_text(&entry.payload).as_ref())
+        .bind(entry.signature_valid)
+        .bind(storable_text(&entry.processing_result).as_ref())
+        .bind(opt_text(entry.source_ip.as_ref()))
+        .bind(opt_text(entry.user_agent.as_ref()))
+        .bind(storable_text(&entry.request_id).as_ref())
+        .bind(opt_text(entry.event_type.as_ref()))
+        .bind(opt_text(entry.event_id.as_ref()))
+        .bind(entry.received_at.timestamp_micros())
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(backend)
 }

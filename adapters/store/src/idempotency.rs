@@ -14,10 +14,14 @@
 //!   nothing.
 //! - A completed response replays byte for byte (status, content type, body).
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use ledger_core::NewEvent;
+use ledger_core::ids::StreamId;
 
-use crate::StoreError;
+use crate::{AppendResult, StoreError, validate_events};
 
 /// Longest `Idempotency-Key`, in characters: Stripe's limit. The HTTP layer
 /// rejects longer keys with a 400; the store refuses them with an error so a
@@ -52,6 +56,38 @@ pub enum Begin {
     Mismatch,
     /// Same key + same hash, another request holds it and its lease has not expired.
     InProgress,
+}
+
+/// A command that creates a new stream under a key never used before: the
+/// common case of `POST /v1/orders`, written by
+/// [`IdempotencyStore::execute_fresh`] in one transaction with others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreshCommand {
+    pub scope: String,
+    pub key: String,
+    pub request_hash: [u8; 32],
+    /// The stream the command creates (derived from the key).
+    pub stream: StreamId,
+    /// Its events, versions `1..=n`.
+    pub events: Vec<NewEvent>,
+    /// Stored as the key's completed response in the same transaction.
+    /// `None` leaves the key claimed (in progress, locked at `now`) for a
+    /// later [`IdempotencyStore::complete`] or
+    /// [`IdempotencyStore::release`].
+    pub response: Option<StoredResponse>,
+}
+
+/// What [`IdempotencyStore::execute_fresh`] did with one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fresh {
+    /// The key was claimed (and completed, with a response) and the stream
+    /// created, atomically.
+    Written(AppendResult),
+    /// The key already has a record, or the stream already has events, or
+    /// an earlier command of the same batch took either: nothing was written
+    /// for this command. The caller takes the general path
+    /// ([`IdempotencyStore::begin`], then the command against the stream).
+    NotFresh,
 }
 
 #[async_trait]
@@ -89,6 +125,55 @@ pub trait IdempotencyStore: Send + Sync {
 
     /// Delete completed records older than cutoff, at most `limit`; returns rows deleted.
     async fn purge_before(&self, cutoff: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
+
+    /// Group commit of fresh commands: for each command, in batch order,
+    /// claims its key and appends its events as a new stream (and stores its
+    /// response), or writes nothing for it and answers [`Fresh::NotFresh`]
+    /// (see there). Every written command commits in **one** transaction:
+    /// all of them or, on an error, none. Answers are in batch order.
+    ///
+    /// The events go to this backend's own event store (the one the same
+    /// database serves), with the chain, positions and read-all order of
+    /// any append.
+    ///
+    /// Input is checked first ([`check_fresh_batch`]): a bad key, scope or
+    /// event list refuses the whole call and writes nothing. So does any
+    /// error, including a stream created by a concurrent writer between a
+    /// backend's check and its insert when the backend cannot tell which
+    /// command it hit; the caller may then write the commands one by one
+    /// ([`crate::group_commit`] does).
+    async fn execute_fresh(
+        &self,
+        batch: &[FreshCommand],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Fresh>, StoreError>;
+}
+
+/// Refuses a fresh batch with a bad key, scope or event list before any
+/// statement runs.
+pub fn check_fresh_batch(batch: &[FreshCommand]) -> Result<(), StoreError> {
+    for command in batch {
+        check_scope_and_key(&command.scope, &command.key)?;
+        validate_events(&command.events).map_err(StoreError::from)?;
+    }
+    Ok(())
+}
+
+/// Which commands of a batch may be written: the first to name a
+/// `(scope, key)` and the first to name a stream. A later one would only
+/// meet the earlier one's claim or stream, so it is [`Fresh::NotFresh`]
+/// without asking the backend.
+pub fn first_claims(batch: &[FreshCommand]) -> Vec<bool> {
+    let mut keys = HashSet::with_capacity(batch.len());
+    let mut streams = HashSet::with_capacity(batch.len());
+    batch
+        .iter()
+        .map(|c| {
+            let new_key = keys.insert((c.scope.as_str(), c.key.as_str()));
+            let new_stream = streams.insert(&c.stream);
+            new_key && new_stream
+        })
+        .collect()
 }
 
 /// Refuses an empty or over-long key and an empty or over-long scope before

@@ -8,6 +8,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod conformance;
+pub mod group_commit;
 pub mod handle;
 pub mod idempotency;
 pub mod memory;

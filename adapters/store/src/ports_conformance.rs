@@ -36,7 +36,15 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::Barrier;
 
-use crate::idempotency::{Begin, IDEMPOTENCY_KEY_MAX, IdempotencyStore, StoredResponse};
+use ledger_core::ExpectedVersion;
+use ledger_core::ids::StreamId;
+
+use crate::EventStore;
+use crate::conformance::new_event;
+use crate::group_commit::{FreshCommitter, GROUP_MAX, LogCommitter};
+use crate::idempotency::{
+    Begin, Fresh, FreshCommand, IDEMPOTENCY_KEY_MAX, IdempotencyStore, StoredResponse,
+};
 use crate::webhook_log::{WebhookLogEntry, WebhookLogStore};
 
 /// Tasks racing `begin` on one key.
@@ -76,6 +84,12 @@ macro_rules! ports_suite {
             webhook_log_delete_respects_cutoff_and_limit,
             webhook_log_recent_is_newest_first,
             webhook_log_refuses_unknown_processing_result,
+            fresh_batch_claims_appends_and_completes,
+            fresh_batch_leaves_used_keys_and_existing_streams_alone,
+            fresh_batch_racing_one_key_or_stream_writes_once,
+            group_commit_answers_each_request_alone,
+            webhook_logs_batch_is_all_or_nothing,
+            log_committer_writes_every_row_once,
         );
     };
     // `$store` and the `let` that binds it come from the same expansion, so
@@ -783,4 +797,335 @@ pub async fn webhook_log_refuses_unknown_processing_result<S: WebhookLogStore>(s
         assert!(store.insert_webhook_log(&e).await.is_err(), "{bad:?}");
     }
     assert!(store.recent_webhook_log(10).await.unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Fresh commands (group commit of claim + new stream + response)
+
+fn fresh_stream(name: &str) -> StreamId {
+    StreamId::new(format!("order-fresh-{name}")).unwrap()
+}
+
+fn fresh(key: &str, stream: &str, events: usize, body: Option<&[u8]>) -> FreshCommand {
+    FreshCommand {
+        scope: SCOPE.to_owned(),
+        key: key.to_owned(),
+        request_hash: hash(7),
+        stream: fresh_stream(stream),
+        events: (0..events)
+            .map(|i| new_event("FreshEvent", format!(r#"{{"key":"{key}","i":{i}}}"#)))
+            .collect(),
+        response: body.map(response),
+    }
+}
+
+async fn stream_len<S: EventStore>(store: &S, name: &str) -> usize {
+    store
+        .read_stream(&fresh_stream(name), 1, 1_000)
+        .await
+        .unwrap()
+        .len()
+}
+
+pub async fn fresh_batch_claims_appends_and_completes<S: IdempotencyStore + EventStore>(store: &S) {
+    let batch = [
+        fresh("a", "a", 2, Some(b"answer a")),
+        fresh("b", "b", 1, None),
+        fresh("c", "c", 3, Some(b"answer c")),
+    ];
+    let answers = store.execute_fresh(&batch, at(0)).await.unwrap();
+    let mut last_positions = Vec::new();
+    for (answer, command) in answers.iter().zip(&batch) {
+        let Fresh::Written(result) = answer else {
+            panic!("{}: {answer:?}", command.key)
+        };
+        assert_eq!(
+            (result.first_version, result.last_version),
+            (1, command.events.len() as u64),
+            "{}",
+            command.key
+        );
+        assert!(!result.already_existed);
+        assert!(
+            result.positions.windows(2).all(|w| w[0] < w[1]),
+            "{result:?}"
+        );
+        let stored = store.read_stream(&command.stream, 1, 100).await.unwrap();
+        assert_eq!(
+            stored.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+            command
+                .events
+                .iter()
+                .map(|e| e.event_id)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            stored.iter().map(|e| e.global_position).collect::<Vec<_>>(),
+            result.positions
+        );
+        last_positions.push(result.positions.clone());
+    }
+    // The chain of each stream is intact from genesis.
+    for command in &batch {
+        let stored = store.read_stream(&command.stream, 1, 100).await.unwrap();
+        assert_eq!(stored[0].prev_hash, ledger_core::hash::GENESIS);
+        for pair in stored.windows(2) {
+            assert_eq!(pair[1].prev_hash, pair[0].hash);
+        }
+    }
+    // Completed with its response, claimed in progress without one.
+    assert_eq!(
+        store
+            .begin(SCOPE, "a", &hash(7), at(1), LEASE)
+            .await
+            .unwrap(),
+        Begin::Completed(response(b"answer a"))
+    );
+    assert_eq!(
+        store
+            .begin(SCOPE, "b", &hash(7), at(1), LEASE)
+            .await
+            .unwrap(),
+        Begin::InProgress
+    );
+    assert_eq!(
+        store
+            .begin(SCOPE, "c", &hash(8), at(1), LEASE)
+            .await
+            .unwrap(),
+        Begin::Mismatch
+    );
+    // The in-progress claim is an ordinary one: completing it works, and its
+    // lease runs from the batch's `now`.
+    store
+        .complete(SCOPE, "b", &response(b"answer b"), at(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .begin(SCOPE, "b", &hash(7), at(3), LEASE)
+            .await
+            .unwrap(),
+        Begin::Completed(response(b"answer b"))
+    );
+}
+
+pub async fn fresh_batch_leaves_used_keys_and_existing_streams_alone<
+    S: IdempotencyStore + EventStore,
+>(
+    store: &S,
+) {
+    // k1 is claimed already; stream s2 already has an event.
+    assert_eq!(
+        store
+            .begin(SCOPE, "k1", &hash(1), at(0), LEASE)
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    let existing = new_event("Existing", "{}");
+    store
+        .append(&fresh_stream("s2"), ExpectedVersion::NoStream, &[existing])
+        .await
+        .unwrap();
+    let batch = [
+        fresh("k1", "s1", 1, Some(b"one")),
+        fresh("k2", "s2", 2, Some(b"two")),
+        fresh("k3", "s3", 2, Some(b"three")),
+        // The same key again, and the same stream again, in one batch.
+        fresh("k3", "s4", 1, Some(b"again")),
+        fresh("k5", "s3", 1, Some(b"five")),
+    ];
+    let answers = store.execute_fresh(&batch, at(5)).await.unwrap();
+    assert_eq!(answers[0], Fresh::NotFresh);
+    assert_eq!(answers[1], Fresh::NotFresh);
+    assert!(matches!(answers[2], Fresh::Written(_)), "{answers:?}");
+    assert_eq!(answers[3], Fresh::NotFresh);
+    assert_eq!(answers[4], Fresh::NotFresh);
+    // Nothing of the refused commands was written.
+    assert_eq!(stream_len(store, "s1").await, 0);
+    assert_eq!(stream_len(store, "s2").await, 1);
+    assert_eq!(stream_len(store, "s3").await, 2);
+    assert_eq!(stream_len(store, "s4").await, 0);
+    assert_eq!(
+        store
+            .begin(SCOPE, "k1", &hash(1), at(6), LEASE)
+            .await
+            .unwrap(),
+        Begin::InProgress,
+        "the earlier claim stands"
+    );
+    for free in ["k2", "k5"] {
+        assert_eq!(
+            store
+                .begin(SCOPE, free, &hash(7), at(6), LEASE)
+                .await
+                .unwrap(),
+            Begin::Started,
+            "{free} has no record"
+        );
+    }
+    assert_eq!(
+        store
+            .begin(SCOPE, "k3", &hash(7), at(6), LEASE)
+            .await
+            .unwrap(),
+        Begin::Completed(response(b"three"))
+    );
+}
+
+pub async fn fresh_batch_racing_one_key_or_stream_writes_once<
+    S: IdempotencyStore + EventStore + Clone + 'static,
+>(
+    store: &S,
+) {
+    for round in 0..RACE_ROUNDS {
+        // Same key and stream from every racer; then other keys, one stream.
+        for same_key in [true, false] {
+            let stream = format!("race-{round}-{same_key}");
+            let barrier = Arc::new(Barrier::new(BEGIN_RACERS));
+            let handles: Vec<_> = (0..BEGIN_RACERS)
+                .map(|i| {
+                    let store = store.clone();
+                    let barrier = barrier.clone();
+                    let key = if same_key {
+                        stream.clone()
+                    } else {
+                        format!("{stream}-{i}")
+                    };
+                    let command = fresh(&key, &stream, 2, Some(b"raced"));
+                    tokio::spawn(async move {
+                        barrier.wait().await;
+                        store.execute_fresh(&[command], at(0)).await
+                    })
+                })
+                .collect();
+            let mut written = 0;
+            for handle in handles {
+                match handle.await.unwrap().unwrap().as_slice() {
+                    [Fresh::Written(_)] => written += 1,
+                    [Fresh::NotFresh] => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(written, 1, "round {round}, same key {same_key}");
+            assert_eq!(stream_len(store, &stream).await, 2);
+            if !same_key {
+                // The losers' claims did not stay behind.
+                let mut completed = 0;
+                for i in 0..BEGIN_RACERS {
+                    match store
+                        .begin(SCOPE, &format!("{stream}-{i}"), &hash(7), at(1), LEASE)
+                        .await
+                        .unwrap()
+                    {
+                        Begin::Completed(_) => completed += 1,
+                        Begin::Started => {}
+                        other => panic!("{other:?}"),
+                    }
+                }
+                assert_eq!(completed, 1, "round {round}");
+            }
+        }
+    }
+}
+
+pub async fn group_commit_answers_each_request_alone<
+    S: IdempotencyStore + EventStore + Clone + 'static,
+>(
+    store: &S,
+) {
+    // One command in the crowd meets an existing stream: it alone is not
+    // fresh, every other one is written, whatever batches they shared.
+    store
+        .append(
+            &fresh_stream("taken"),
+            ExpectedVersion::NoStream,
+            &[new_event("Existing", "{}")],
+        )
+        .await
+        .unwrap();
+    let committer = FreshCommitter::start(Arc::new(store.clone()));
+    let requests = 2 * GROUP_MAX + 3;
+    let barrier = Arc::new(Barrier::new(requests));
+    let handles: Vec<_> = (0..requests)
+        .map(|i| {
+            let committer = committer.clone();
+            let barrier = barrier.clone();
+            let command = if i == 7 {
+                fresh("crowd-taken", "taken", 1, Some(b"x"))
+            } else {
+                fresh(&format!("crowd-{i}"), &format!("crowd-{i}"), 2, Some(b"ok"))
+            };
+            tokio::spawn(async move {
+                barrier.wait().await;
+                committer.submit(command, at(0)).await
+            })
+        })
+        .collect();
+    for (i, handle) in handles.into_iter().enumerate() {
+        let answer = handle.await.unwrap().unwrap();
+        if i == 7 {
+            assert_eq!(answer, Fresh::NotFresh);
+        } else {
+            assert!(matches!(answer, Fresh::Written(_)), "{i}: {answer:?}");
+            assert_eq!(stream_len(store, &format!("crowd-{i}")).await, 2);
+        }
+    }
+    assert_eq!(stream_len(store, "taken").await, 1);
+    // Bad input fails alone, before any batch.
+    let mut bad = fresh("", "bad", 1, None);
+    bad.key.clear();
+    assert!(committer.submit(bad, at(0)).await.is_err());
+    assert_eq!(stream_len(store, "bad").await, 0);
+}
+
+pub async fn webhook_logs_batch_is_all_or_nothing<S: WebhookLogStore>(store: &S) {
+    let batch = [entry(1), entry(2), entry(3)];
+    let ids = store.insert_webhook_logs(&batch).await.unwrap();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let mut stored = store.recent_webhook_log(10).await.unwrap();
+    stored.reverse();
+    assert_eq!(stored, batch);
+    // One refused entry refuses the whole call.
+    let mut bad = entry(5);
+    bad.processing_result = "maybe".to_owned();
+    assert!(store.insert_webhook_logs(&[entry(4), bad]).await.is_err());
+    assert_eq!(store.recent_webhook_log(10).await.unwrap().len(), 3);
+}
+
+pub async fn log_committer_writes_every_row_once<S: WebhookLogStore + Clone + 'static>(store: &S) {
+    let writer = LogCommitter::start(Arc::new(store.clone()));
+    let rows = 2 * GROUP_MAX + 5;
+    let barrier = Arc::new(Barrier::new(rows));
+    let handles: Vec<_> = (0..rows)
+        .map(|i| {
+            let writer = writer.clone();
+            let barrier = barrier.clone();
+            let mut row = entry(i64::try_from(i).unwrap());
+            row.request_id = format!("crowd-{i}");
+            tokio::spawn(async move {
+                barrier.wait().await;
+                writer.insert(row).await
+            })
+        })
+        .collect();
+    let mut ids = Vec::with_capacity(rows);
+    for handle in handles {
+        ids.push(handle.await.unwrap().unwrap());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), rows, "one distinct id per row");
+    let stored = store.recent_webhook_log(1_000).await.unwrap();
+    let mut request_ids: Vec<String> = stored.into_iter().map(|e| e.request_id).collect();
+    request_ids.sort();
+    let mut wanted: Vec<String> = (0..rows).map(|i| format!("crowd-{i}")).collect();
+    wanted.sort();
+    assert_eq!(request_ids, wanted);
+    // A refused row fails alone.
+    let mut bad = entry(0);
+    bad.processing_result = "maybe".to_owned();
+    assert!(writer.insert(bad).await.is_err());
 }

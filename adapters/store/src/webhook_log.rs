@@ -55,6 +55,13 @@ pub struct WebhookLogEntry {
 pub trait WebhookLogStore: Send + Sync {
     /// Writes one row (its final state); returns its id.
     async fn insert_webhook_log(&self, entry: &WebhookLogEntry) -> Result<i64, StoreError>;
+    /// Writes several rows in one transaction (all or none), in order;
+    /// returns their ids in that order. One refused entry
+    /// ([`check_webhook_log`]) refuses the call before anything is written.
+    async fn insert_webhook_logs(
+        &self,
+        entries: &[WebhookLogEntry],
+    ) -> Result<Vec<i64>, StoreError>;
     /// True when a row with this event_id and processing_result 'ok' exists (delivery dedupe).
     async fn webhook_event_processed(&self, event_id: &str) -> Result<bool, StoreError>;
     /// Deletes at most `limit` rows with received_at < cutoff (oldest first); returns rows deleted.
@@ -84,6 +91,18 @@ pub fn is_processing_result(result: &str) -> bool {
         result,
         RESULT_OK | RESULT_SIGNATURE_INVALID | RESULT_SKIPPED | RESULT_DUPLICATE
     ) || result.starts_with(RESULT_ERROR_PREFIX)
+}
+
+/// Refuses an entry the tables would refuse, before any statement runs.
+pub fn check_webhook_log(entry: &WebhookLogEntry) -> Result<(), StoreError> {
+    if is_processing_result(&entry.processing_result) {
+        Ok(())
+    } else {
+        Err(StoreError::Backend(format!(
+            "webhook log processing_result {:?} is not one of the stored values",
+            entry.processing_result
+        )))
+    }
 }
 
 #[cfg(test)]

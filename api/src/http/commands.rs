@@ -23,6 +23,7 @@ use ledger_core::refund::{Refund, RefundCommand, RefundRejection, RefundState};
 use ledger_core::{Currency, Decider, Source};
 use ledger_store::StoreError;
 use ledger_store::handle::{CommandContext, HandleError, Handled, execute, load, to_new_events};
+use ledger_store::idempotency::{Fresh, FreshCommand, StoredResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -262,9 +263,58 @@ pub async fn place_order(
     // before claiming the key so a refused order writes nothing.
     let fresh_events = Order::decide(&OrderState::default(), &command).map_err(order_rejection)?;
     let scope = format!("{}:POST /v1/orders", principal.as_str());
+    let stream = order_id.stream_id();
+    let ctx = api_context(&format!("order:{key}"), principal, &request_id);
+
+    // The common case: a new key, so a new stream. Claim, append and (with
+    // no PSP to call first) the stored response go in one group commit
+    // shared with concurrent requests.
+    let mut folded = OrderState::default();
+    for e in &fresh_events {
+        folded = Order::evolve(folded, e).map_err(ApiError::internal)?;
+    }
+    let placed = folded
+        .order
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("order {order_id} not placed")))?;
+    let response = match &state.payments {
+        Some(_) => None,
+        None => Some(StoredResponse::from(JsonReply::new(
+            StatusCode::CREATED,
+            &order_created(&placed, None),
+        )?)),
+    };
+    let command_fresh = FreshCommand {
+        scope: scope.clone(),
+        key: key.clone(),
+        request_hash: idempotency::request_hash(&scope, &body),
+        stream: stream.clone(),
+        events: to_new_events::<Order>(&ctx, &stream, &fresh_events),
+        response: response.clone(),
+    };
+    match state
+        .fresh
+        .submit(command_fresh, state.clock.now())
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Fresh::Written(_) => {
+            state.wake.notify_one();
+            tracing::info!(order_id = %order_id, total_minor = placed.total_minor, "order placed");
+            return Ok(match response {
+                Some(stored) => idempotency::respond(&stored, false),
+                // Claimed in progress: start the payment, then store the answer.
+                None => {
+                    let outcome = start_payment(&state, &stream, placed).await;
+                    idempotency::finish(&state, &scope, &key, outcome).await
+                }
+            });
+        }
+        // A used key (replay, mismatch, in progress) or an existing stream:
+        // the general path judges it.
+        Fresh::NotFresh => {}
+    }
+
     let response = idempotency::run(&state, &scope, &key, &body, || async {
-        let stream = order_id.stream_id();
-        let ctx = api_context(&format!("order:{key}"), principal, &request_id);
         let placed = match place_fresh(&state, &stream, &ctx, &fresh_events).await? {
             Some(placed) => placed,
             // The stream exists (a replay after a lost idempotency record,
@@ -281,26 +331,36 @@ pub async fn place_order(
             }
         };
         tracing::info!(order_id = %order_id, total_minor = placed.total_minor, "order placed");
-        let (placed, secret) = match &state.payments {
-            Some(p) => match p.start_within_deadline(&placed).await {
-                Some(started) => {
-                    // Re-read so the answer shows the payment id it recorded.
-                    let reloaded = load::<Order, _>(&*state.events, &stream)
-                        .await
-                        .map_err(ApiError::internal)?;
-                    (
-                        reloaded.state.order.unwrap_or(placed),
-                        started.client_secret,
-                    )
-                }
-                None => (placed, None),
-            },
-            None => (placed, None),
-        };
-        JsonReply::new(StatusCode::CREATED, &order_created(&placed, secret))
+        start_payment(&state, &stream, placed).await
     })
     .await;
     Ok(response)
+}
+
+/// Starts the payment of a placed order within its deadline when the PSP
+/// managers run, and answers with the order as it then stands.
+async fn start_payment(
+    state: &AppState,
+    stream: &StreamId,
+    placed: PlacedOrder,
+) -> Result<JsonReply, ApiError> {
+    let (placed, secret) = match &state.payments {
+        Some(p) => match p.start_within_deadline(&placed).await {
+            Some(started) => {
+                // Re-read so the answer shows the payment id it recorded.
+                let reloaded = load::<Order, _>(&*state.events, stream)
+                    .await
+                    .map_err(ApiError::internal)?;
+                (
+                    reloaded.state.order.unwrap_or(placed),
+                    started.client_secret,
+                )
+            }
+            None => (placed, None),
+        },
+        None => (placed, None),
+    };
+    JsonReply::new(StatusCode::CREATED, &order_created(&placed, secret))
 }
 
 /// The common case, one round trip: a new order's stream cannot exist yet,

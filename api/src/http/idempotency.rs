@@ -55,7 +55,7 @@ pub fn key_of(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(key.to_owned())
 }
 
-fn request_hash(scope: &str, body: &[u8]) -> [u8; 32] {
+pub fn request_hash(scope: &str, body: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(scope.as_bytes());
     h.update([0u8]);
@@ -79,7 +79,17 @@ impl JsonReply {
     }
 }
 
-fn respond(stored: &StoredResponse, replayed: bool) -> Response {
+impl From<JsonReply> for StoredResponse {
+    fn from(reply: JsonReply) -> StoredResponse {
+        StoredResponse {
+            status: reply.status.as_u16(),
+            content_type: "application/json".to_owned(),
+            body: reply.body,
+        }
+    }
+}
+
+pub fn respond(stored: &StoredResponse, replayed: bool) -> Response {
     let mut response = Response::new(Body::from(stored.body.clone()));
     *response.status_mut() =
         StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -134,15 +144,24 @@ where
         }
         Ok(Begin::Started) => {}
     }
-    match execute().await {
+    let outcome = execute().await;
+    finish(state, scope, key, outcome).await
+}
+
+/// Ends a claimed (`Started`) request: stores a success for replay, or
+/// releases the claim so a retry can execute.
+pub async fn finish(
+    state: &AppState,
+    scope: &str,
+    key: &str,
+    outcome: Result<JsonReply, ApiError>,
+) -> Response {
+    let store = &state.idempotency;
+    match outcome {
         Ok(reply) => {
             // Projectors pick the new events up now, not at their next poll.
             state.wake.notify_one();
-            let stored = StoredResponse {
-                status: reply.status.as_u16(),
-                content_type: "application/json".to_owned(),
-                body: reply.body,
-            };
+            let stored = StoredResponse::from(reply);
             if let Err(e) = store.complete(scope, key, &stored, state.clock.now()).await {
                 // The command ran; the key stays claimed until its lease ends
                 // and a retry then re-runs into the core's duplicate guards.

@@ -107,7 +107,12 @@ impl std::fmt::Debug for WebhookKey {
 pub struct Inner {
     pub events: Arc<dyn EventStore>,
     pub idempotency: Arc<dyn IdempotencyStore>,
+    /// Group commit of new orders under new keys (on `idempotency`'s
+    /// backend, which is also the event store's).
+    pub fresh: ledger_store::group_commit::FreshCommitter,
     pub webhook_log: Arc<dyn WebhookLogStore>,
+    /// Group commit of webhook-log rows (on `webhook_log`).
+    pub log_writer: ledger_store::group_commit::LogCommitter,
     /// The read pool (`DATABASE_READ_URL` when set).
     pub reads: Arc<dyn QueryStore>,
     pub clock: Arc<dyn Clock>,

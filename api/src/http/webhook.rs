@@ -164,7 +164,7 @@ pub async fn hyperswitch(State(state): State<AppState>, request: Request) -> Res
         event_id: event_id.clone(),
         received_at,
     };
-    if let Err(e) = state.webhook_log.insert_webhook_log(&entry).await {
+    if let Err(e) = state.log_writer.insert(entry).await {
         tracing::error!(error = %e, event_id = ?event_id, "could not write the webhook log row; acknowledging anyway");
     }
     state.metrics.webhook(outcome.metric());

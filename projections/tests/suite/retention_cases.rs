@@ -139,6 +139,12 @@ impl WebhookLogStore for Observed<'_> {
     async fn insert_webhook_log(&self, entry: &WebhookLogEntry) -> Result<i64, StoreError> {
         self.inner.insert_webhook_log(entry).await
     }
+    async fn insert_webhook_logs(
+        &self,
+        entries: &[WebhookLogEntry],
+    ) -> Result<Vec<i64>, StoreError> {
+        self.inner.insert_webhook_logs(entries).await
+    }
     async fn webhook_event_processed(&self, event_id: &str) -> Result<bool, StoreError> {
         self.inner.webhook_event_processed(event_id).await
     }

@@ -1,0 +1,217 @@
+//! Group commit: concurrent requests' writes share one transaction, so N of
+//! them pay for one commit. Two writers use it: fresh commands
+//! ([`FreshCommitter`]: claim + new stream + response, instead of three
+//! commits each) and webhook-log rows ([`LogCommitter`]).
+//!
+//! **Guarantees:**
+//! - Each submitted item gets its own answer, and a success only once its
+//!   transaction committed.
+//! - One item cannot fail another: when a batch's transaction fails, every
+//!   item of it is written again alone, so only the item at fault sees the
+//!   error.
+//! - An item whose submitter went away (the client hung up) is still
+//!   written or not as a whole.
+//! - Nothing waits on a timer: a writer takes whatever queued while the
+//!   previous batch was committing, so an idle system commits at once and a
+//!   busy one batches by itself.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::StoreError;
+use crate::idempotency::{Fresh, FreshCommand, IdempotencyStore, check_fresh_batch};
+use crate::webhook_log::{WebhookLogEntry, WebhookLogStore, check_webhook_log};
+
+/// Most items in one transaction: enough to amortise a commit across a busy
+/// server's concurrent requests, small enough to keep one transaction's
+/// locks and WAL short.
+pub const GROUP_MAX: usize = 64;
+/// Transactions in flight at once: one commits while the next batch forms.
+pub const GROUP_WRITERS: usize = 2;
+/// Submissions queued beyond the batches in flight before submitters wait.
+const QUEUE_MAX: usize = 4 * GROUP_MAX;
+
+/// Writes one batch in one transaction; answers in batch order.
+type WriteBatch<C, A> = Arc<
+    dyn Fn(Arc<Vec<C>>, DateTime<Utc>) -> BoxFuture<'static, Result<Vec<A>, StoreError>>
+        + Send
+        + Sync,
+>;
+
+struct Job<C, A> {
+    item: C,
+    now: DateTime<Utc>,
+    reply: oneshot::Sender<Result<A, StoreError>>,
+}
+
+/// The handle requests submit through; cheap to clone. The writers stop
+/// once every handle is dropped and the queue is drained.
+pub struct GroupCommit<C, A> {
+    queue: mpsc::Sender<Job<C, A>>,
+}
+
+impl<C, A> Clone for GroupCommit<C, A> {
+    fn clone(&self) -> Self {
+        GroupCommit {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<C, A> std::fmt::Debug for GroupCommit<C, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit").finish_non_exhaustive()
+    }
+}
+
+impl<C, A> GroupCommit<C, A>
+where
+    C: Clone + Send + Sync + 'static,
+    A: Send + 'static,
+{
+    /// Spawns [`GROUP_WRITERS`] writer tasks on the current runtime.
+    fn start(write: WriteBatch<C, A>) -> Self {
+        let (queue, receiver) = mpsc::channel(QUEUE_MAX);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..GROUP_WRITERS {
+            tokio::spawn(write_batches(Arc::clone(&write), Arc::clone(&receiver)));
+        }
+        GroupCommit { queue }
+    }
+
+    /// Writes `item` in the next batch and answers once that batch
+    /// committed (or failed). `now` stamps what the writer stamps.
+    async fn submit_checked(&self, item: C, now: DateTime<Utc>) -> Result<A, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Job { item, now, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Backend("the group-commit writers have stopped (shutting down)".to_owned())
+}
+
+async fn write_batches<C, A>(
+    write: WriteBatch<C, A>,
+    receiver: Arc<Mutex<mpsc::Receiver<Job<C, A>>>>,
+) where
+    C: Clone + Send + Sync + 'static,
+    A: Send + 'static,
+{
+    loop {
+        let jobs = {
+            let mut receiver = receiver.lock().await;
+            let Some(first) = receiver.recv().await else {
+                return;
+            };
+            let mut jobs = vec![first];
+            while jobs.len() < GROUP_MAX {
+                match receiver.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            jobs
+        };
+        write_jobs(&write, jobs).await;
+    }
+}
+
+async fn write_jobs<C, A>(write: &WriteBatch<C, A>, jobs: Vec<Job<C, A>>)
+where
+    C: Clone + Send + Sync + 'static,
+    A: Send + 'static,
+{
+    let now = jobs.iter().map(|j| j.now).max().unwrap_or_else(Utc::now);
+    let count = jobs.len();
+    let (items, replies): (Vec<C>, Vec<_>) =
+        jobs.into_iter().map(|j| (j.item, (j.reply, j.now))).unzip();
+    let items = Arc::new(items);
+    tracing::debug!(items = count, "group commit");
+    let error = match write(Arc::clone(&items), now).await {
+        Ok(answers) if answers.len() == count => {
+            for ((reply, _), answer) in replies.into_iter().zip(answers) {
+                // A submitter that went away needs no answer.
+                let _ = reply.send(Ok(answer));
+            }
+            return;
+        }
+        Ok(answers) => StoreError::Backend(format!(
+            "a group commit answered {} of {count} items",
+            answers.len()
+        )),
+        Err(error) => error,
+    };
+    if count == 1 {
+        for (reply, _) in replies {
+            let _ = reply.send(Err(error.clone()));
+        }
+        return;
+    }
+    // Find the item at fault: each alone, in its own transaction.
+    tracing::debug!(%error, items = count, "group commit failed; writing its items one by one");
+    for (item, (reply, now)) in items.iter().cloned().zip(replies) {
+        let answer = write(Arc::new(vec![item]), now)
+            .await
+            .and_then(|mut answers| match (answers.pop(), answers.is_empty()) {
+                (Some(answer), true) => Ok(answer),
+                _ => Err(StoreError::Backend(
+                    "a group commit of one item did not answer once".to_owned(),
+                )),
+            });
+        let _ = reply.send(answer);
+    }
+}
+
+/// Group commit of fresh commands ([`IdempotencyStore::execute_fresh`]).
+#[derive(Clone, Debug)]
+pub struct FreshCommitter(GroupCommit<FreshCommand, Fresh>);
+
+impl FreshCommitter {
+    pub fn start(store: Arc<dyn IdempotencyStore>) -> FreshCommitter {
+        FreshCommitter(GroupCommit::start(Arc::new(move |batch, now| {
+            let store = Arc::clone(&store);
+            Box::pin(async move { store.execute_fresh(&batch, now).await })
+        })))
+    }
+
+    /// Claims, appends and (with a response) completes `command` in the
+    /// next batch; `now` stamps the claim. Bad input fails alone, before
+    /// joining a batch.
+    pub async fn submit(
+        &self,
+        command: FreshCommand,
+        now: DateTime<Utc>,
+    ) -> Result<Fresh, StoreError> {
+        check_fresh_batch(std::slice::from_ref(&command))?;
+        self.0.submit_checked(command, now).await
+    }
+}
+
+/// Group commit of webhook-log rows ([`WebhookLogStore::insert_webhook_logs`]).
+#[derive(Clone, Debug)]
+pub struct LogCommitter(GroupCommit<WebhookLogEntry, i64>);
+
+impl LogCommitter {
+    pub fn start(store: Arc<dyn WebhookLogStore>) -> LogCommitter {
+        LogCommitter(GroupCommit::start(Arc::new(move |batch, _now| {
+            let store = Arc::clone(&store);
+            Box::pin(async move { store.insert_webhook_logs(&batch).await })
+        })))
+    }
+
+    /// Writes `entry` in the next batch; answers its row id. A refused
+    /// entry fails alone, before joining a batch.
+    pub async fn insert(&self, entry: WebhookLogEntry) -> Result<i64, StoreError> {
+        check_webhook_log(&entry)?;
+        let now = entry.received_at;
+        self.0.submit_checked(entry, now).await
+    }
+}
