@@ -278,7 +278,10 @@ pub async fn start(
         .map(|m| Arc::new(ManagerOps::new(m.clone(), clock.clone())));
 
     let state = AppState(Arc::new(Inner {
-        events: ports.events.clone(),
+        // Requests' appends share transactions (group commit).
+        events: Arc::new(ledger_store::group_commit::GroupedAppends::start(
+            ports.events.clone(),
+        )),
         idempotency: ports.idempotency.clone(),
         fresh: ledger_store::group_commit::FreshCommitter::start(ports.idempotency.clone()),
         webhook_log: ports.webhook_log.clone(),

@@ -9,3 +9,10 @@ use common::fresh_store;
 mod sqlite {
     ledger_store::conformance_suite!(crate::fresh_store().await);
 }
+
+/// The same suite with every append going through the group commit.
+mod sqlite_grouped {
+    ledger_store::conformance_suite!(ledger_store::conformance::Grouped::new(
+        crate::fresh_store().await
+    ));
+}

@@ -1624,3 +1624,94 @@ async fn gap_reader<B: ConformanceBackend>(gap: &GapRun<'_, B>, start: Checkpoin
         }
     }
 }
+
+/// `B` behind [`GroupedAppends`](crate::group_commit::GroupedAppends): the
+/// suite's appends go through the group commit, the rest (held appends,
+/// tampering) straight to `B`. A backend runs the suite over it too, so the
+/// grouped store is held to the very contract of the store it wraps.
+pub struct Grouped<B> {
+    grouped: crate::group_commit::GroupedAppends,
+    backend: B,
+}
+
+impl<B> std::fmt::Debug for Grouped<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grouped").finish_non_exhaustive()
+    }
+}
+
+impl<B: ConformanceBackend + Clone + 'static> Grouped<B> {
+    pub fn new(backend: B) -> Grouped<B> {
+        Grouped {
+            grouped: crate::group_commit::GroupedAppends::start(std::sync::Arc::new(
+                backend.clone(),
+            )),
+            backend,
+        }
+    }
+}
+
+#[async_trait]
+impl<B: ConformanceBackend + Send + Sync> EventStore for Grouped<B> {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult, StoreError> {
+        self.grouped.append(stream, expected, events).await
+    }
+
+    async fn append_many(&self, batch: &[StreamAppend]) -> Result<Vec<AppendResult>, StoreError> {
+        self.grouped.append_many(batch).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        max_count: u32,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.grouped
+            .read_stream(stream, from_version, max_count)
+            .await
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
+        self.grouped.stream_version(stream).await
+    }
+
+    async fn read_all(
+        &self,
+        after: Checkpoint,
+        max_count: u32,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.grouped.read_all(after, max_count).await
+    }
+}
+
+#[async_trait]
+impl<B: ConformanceBackend + Send + Sync> ConformanceBackend for Grouped<B> {
+    async fn begin_held_append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Box<dyn HeldAppend>, StoreError> {
+        self.backend
+            .begin_held_append(stream, expected, events)
+            .await
+    }
+
+    async fn tamper_payload(&self, stream: &StreamId, version: u64) -> Result<(), StoreError> {
+        self.backend.tamper_payload(stream, version).await
+    }
+
+    async fn delete_event(&self, stream: &StreamId, version: u64) -> Result<(), StoreError> {
+        self.backend.delete_event(stream, version).await
+    }
+
+    fn concurrent_writers(&self) -> bool {
+        self.backend.concurrent_writers()
+    }
+}

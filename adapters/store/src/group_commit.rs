@@ -1,7 +1,10 @@
 //! Group commit: concurrent requests' writes share one transaction, so N of
-//! them pay for one commit. Two writers use it: fresh commands
+//! them pay for one commit. Three writers use it: fresh commands
 //! ([`FreshCommitter`]: claim + new stream + response, instead of three
-//! commits each) and webhook-log rows ([`LogCommitter`]).
+//! commits each), appends to existing streams ([`GroupedAppends`], an
+//! [`EventStore`] whose single appends share
+//! [`EventStore::append_many`] transactions) and webhook-log rows
+//! ([`LogCommitter`]).
 //!
 //! **Guarantees:**
 //! - Each submitted item gets its own answer, and a success only once its
@@ -15,15 +18,19 @@
 //!   previous batch was committing, so an idle system commits at once and a
 //!   busy one batches by itself.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
+use ledger_core::ids::StreamId;
+use ledger_core::{Checkpoint, ExpectedVersion, NewEvent, RecordedEvent};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::StoreError;
 use crate::idempotency::{Fresh, FreshCommand, IdempotencyStore, check_fresh_batch};
 use crate::webhook_log::{WebhookLogEntry, WebhookLogStore, check_webhook_log};
+use crate::{AppendResult, EventStore, StoreError, StreamAppend, validate_events};
 
 /// Most items in one transaction: enough to amortise a commit across a busy
 /// server's concurrent requests, small enough to keep one transaction's
@@ -129,7 +136,11 @@ where
     C: Clone + Send + Sync + 'static,
     A: Send + 'static,
 {
-    let now = jobs.iter().map(|j| j.now).max().unwrap_or_else(Utc::now);
+    let now = jobs
+        .iter()
+        .map(|j| j.now)
+        .max()
+        .unwrap_or_else(crate::recorded_now);
     let count = jobs.len();
     let (items, replies): (Vec<C>, Vec<_>) =
         jobs.into_iter().map(|j| (j.item, (j.reply, j.now))).unzip();
@@ -213,5 +224,115 @@ impl LogCommitter {
         check_webhook_log(&entry)?;
         let now = entry.received_at;
         self.0.submit_checked(entry, now).await
+    }
+}
+
+/// An [`EventStore`] whose `append`s share transactions: concurrent single
+/// appends go to the inner store's [`EventStore::append_many`] together
+/// (all-or-nothing, so a batch that fails, say on one stale expected
+/// version, is rewritten append by append and only that one fails). Reads
+/// and `append_many` go straight to the inner store. Same contract as the
+/// inner store: every append is atomic and answered after its commit.
+#[derive(Clone)]
+pub struct GroupedAppends {
+    inner: Arc<dyn EventStore>,
+    commit: GroupCommit<StreamAppend, Result<AppendResult, StoreError>>,
+}
+
+impl std::fmt::Debug for GroupedAppends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupedAppends").finish_non_exhaustive()
+    }
+}
+
+impl GroupedAppends {
+    pub fn start(inner: Arc<dyn EventStore>) -> GroupedAppends {
+        let store = Arc::clone(&inner);
+        let commit = GroupCommit::start(Arc::new(move |batch: Arc<Vec<StreamAppend>>, _now| {
+            let store = Arc::clone(&store);
+            Box::pin(async move { append_batch(&*store, &batch).await })
+                as BoxFuture<'static, Result<Vec<Result<AppendResult, StoreError>>, StoreError>>
+        }));
+        GroupedAppends { inner, commit }
+    }
+}
+
+/// One transaction for the first append of each stream; an append to a
+/// stream already in the batch waits for it and runs alone after it.
+async fn append_batch(
+    store: &dyn EventStore,
+    batch: &[StreamAppend],
+) -> Result<Vec<Result<AppendResult, StoreError>>, StoreError> {
+    let mut seen: HashSet<&StreamId> = HashSet::with_capacity(batch.len());
+    let first: Vec<bool> = batch.iter().map(|a| seen.insert(&a.stream)).collect();
+    let firsts: Vec<StreamAppend> = batch
+        .iter()
+        .zip(&first)
+        .filter_map(|(a, f)| f.then(|| a.clone()))
+        .collect();
+    let mut written = store.append_many(&firsts).await?.into_iter();
+    let mut answers = Vec::with_capacity(batch.len());
+    for (append, first) in batch.iter().zip(first) {
+        if first {
+            let result = written.next().ok_or_else(|| {
+                StoreError::Backend("append_many answered fewer parts than given".to_owned())
+            })?;
+            answers.push(Ok(result));
+        } else {
+            answers.push(
+                store
+                    .append(&append.stream, append.expected, &append.events)
+                    .await,
+            );
+        }
+    }
+    Ok(answers)
+}
+
+#[async_trait]
+impl EventStore for GroupedAppends {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult, StoreError> {
+        // Bad input fails alone, before joining a batch.
+        validate_events(events)?;
+        let append = StreamAppend {
+            stream: stream.clone(),
+            expected,
+            events: events.to_vec(),
+        };
+        self.commit
+            .submit_checked(append, crate::recorded_now())
+            .await?
+    }
+
+    async fn append_many(&self, batch: &[StreamAppend]) -> Result<Vec<AppendResult>, StoreError> {
+        self.inner.append_many(batch).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        max_count: u32,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner
+            .read_stream(stream, from_version, max_count)
+            .await
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
+        self.inner.stream_version(stream).await
+    }
+
+    async fn read_all(
+        &self,
+        after: Checkpoint,
+        max_count: u32,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner.read_all(after, max_count).await
     }
 }

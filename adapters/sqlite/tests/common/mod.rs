@@ -16,11 +16,12 @@ use uuid::Uuid;
 
 /// A migrated store on a new file in its own temporary directory. The
 /// directory is removed when the store is dropped, not before.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TestStore {
-    // Field order is drop order: the pools close before the directory goes.
+    // Field order is drop order: the pools close before the directory goes
+    // (shared by clones: it goes with the last one).
     pub store: SqliteStore,
-    pub dir: TempDir,
+    pub dir: std::sync::Arc<TempDir>,
 }
 
 impl TestStore {
@@ -35,7 +36,10 @@ pub async fn fresh_store() -> TestStore {
         .await
         .unwrap();
     store.migrate().await.unwrap();
-    TestStore { store, dir }
+    TestStore {
+        store,
+        dir: std::sync::Arc::new(dir),
+    }
 }
 
 impl Deref for TestStore {
