@@ -40,8 +40,14 @@ pub const DIFF_ROWS_MAX: u32 = 1_000;
 /// Events a rebuild folds into one shadow transaction: big enough that an
 /// entity touched across pages is written once and the per-transaction
 /// costs vanish, small enough that the next fold overlaps the write and a
-/// transaction's rows stay a few tens of MB.
-pub const REBUILD_EVENTS_PER_TRANSACTION_MAX: usize = 25_000;
+/// transaction's rows stay around a hundred MB. The shadow primary keys are
+/// random (uuids), so every transaction inserts all over B-trees that keep
+/// growing: each one rewrites most of their leaf pages (SQLite's WAL,
+/// Postgres' full-page images), and fewer, larger transactions rewrite them
+/// fewer times. Measured on a 1M-event history (2 cores): 25,000 → 100,000
+/// took the SQLite rebuild from 77k to 101k events/s (write wait 9.5 s →
+/// 2.3 s) and Postgres from 80k to 86k.
+pub const REBUILD_EVENTS_PER_TRANSACTION_MAX: usize = 100_000;
 
 /// Pages a rebuild reads ahead of its fold: overlaps the feed's IO with the
 /// fold and the writes.
