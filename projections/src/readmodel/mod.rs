@@ -50,8 +50,9 @@ pub const DIFF_ROWS_MAX: u32 = 1_000;
 pub const REBUILD_EVENTS_PER_TRANSACTION_MAX: usize = 100_000;
 
 /// Pages a rebuild reads ahead of its fold: overlaps the feed's IO with the
-/// fold and the writes.
-pub const REBUILD_PAGES_PREFETCHED_MAX: usize = 2;
+/// fold and the writes. Most of a transaction's pages (10k events each), so
+/// the reader keeps decoding while the fold waits for the previous write.
+pub const REBUILD_PAGES_PREFETCHED_MAX: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReadModelError {
