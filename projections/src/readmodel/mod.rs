@@ -49,6 +49,10 @@ pub const DIFF_ROWS_MAX: u32 = 1_000;
 /// 2.3 s) and Postgres from 80k to 86k.
 pub const REBUILD_EVENTS_PER_TRANSACTION_MAX: usize = 100_000;
 
+/// A rebuild's first shadow transaction; each next one is twice as large,
+/// up to [`REBUILD_EVENTS_PER_TRANSACTION_MAX`].
+pub const REBUILD_FIRST_TRANSACTION_EVENTS: usize = 25_000;
+
 /// Pages a rebuild reads ahead of its fold: overlaps the feed's IO with the
 /// fold and the writes. Most of a transaction's pages (10k events each), so
 /// the reader keeps decoding while the fold waits for the previous write.
@@ -851,6 +855,12 @@ pub async fn rebuild_into_shadow_tuned(
     );
     let mut changes = Changes::default();
     let mut pending: usize = 0;
+    // Transactions start at REBUILD_FIRST_TRANSACTION_EVENTS and double up
+    // to the maximum: the first write starts early (the pipeline fills
+    // fast), the large ones come once the shadow B-trees are large.
+    let mut tx_events = REBUILD_FIRST_TRANSACTION_EVENTS
+        .min(tuning.events_per_transaction)
+        .max(1);
     let mut total: u64 = 0;
     let mut last: Option<Checkpoint> = None;
     let outcome: Result<(), RebuildError> = async {
@@ -882,7 +892,10 @@ pub async fn rebuild_into_shadow_tuned(
                 pending += page.len();
                 last = page.last().map(|(r, _)| r.checkpoint());
             }
-            if pending > 0 && (end || pending >= tuning.events_per_transaction.max(1)) {
+            if pending > 0 && (end || pending >= tx_events) {
+                tx_events = tx_events
+                    .saturating_mul(2)
+                    .min(tuning.events_per_transaction.max(1));
                 let t = Instant::now();
                 let batch = handler
                     .batch_for(std::mem::take(&mut changes), &cps, last)
