@@ -87,9 +87,89 @@ pub fn decode<E: EventSet>(
         event_type: event_type.to_owned(),
         reason,
     };
-    let data: Value = serde_json::from_str(payload).map_err(|e| malformed(e.to_string()))?;
-    let mut envelope = serde_json::Map::new();
-    envelope.insert("type".into(), Value::String(event_type.to_owned()));
-    envelope.insert("data".into(), data);
-    serde_json::from_value(Value::Object(envelope)).map_err(|e| malformed(e.to_string()))
+    // Straight from the payload text into the typed event: the enum sees the
+    // envelope `{"type": event_type, "data": <payload>}` as a map whose
+    // `data` value is read by serde_json from `payload` itself. No
+    // `serde_json::Value` tree is built (it was most of a decode's cost), and
+    // the payload must still be exactly one JSON value (trailing text is an
+    // error), as before.
+    let mut data = serde_json::Deserializer::from_str(payload);
+    let event = E::deserialize(serde::de::value::MapAccessDeserializer::new(Envelope {
+        event_type,
+        data: &mut data,
+        next: EnvelopeKey::Type,
+    }))
+    .map_err(|e| malformed(e.to_string()))?;
+    data.end().map_err(|e| malformed(e.to_string()))?;
+    Ok(event)
+}
+
+/// Which envelope key [`Envelope`] yields next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EnvelopeKey {
+    Type,
+    TypeValue,
+    Data,
+    DataValue,
+    Done,
+}
+
+/// The adjacently tagged envelope of a stored event as a serde map: `type`
+/// (the stored `event_type`), then `data` (deserialized from the payload
+/// text in place). Tag first, so serde's adjacently tagged enums decode the
+/// content directly, without buffering it.
+struct Envelope<'a, 'de> {
+    event_type: &'a str,
+    data: &'a mut serde_json::Deserializer<serde_json::de::StrRead<'de>>,
+    next: EnvelopeKey,
+}
+
+impl<'de> serde::de::MapAccess<'de> for Envelope<'_, 'de> {
+    type Error = serde_json::Error;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        use serde::de::IntoDeserializer as _;
+        let key = match self.next {
+            EnvelopeKey::Type => {
+                self.next = EnvelopeKey::TypeValue;
+                "type"
+            }
+            EnvelopeKey::Data => {
+                self.next = EnvelopeKey::DataValue;
+                "data"
+            }
+            _ => return Ok(None),
+        };
+        let key: serde::de::value::StrDeserializer<'_, serde_json::Error> = key.into_deserializer();
+        seed.deserialize(key).map(Some)
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
+        use serde::de::IntoDeserializer as _;
+        match self.next {
+            EnvelopeKey::TypeValue => {
+                self.next = EnvelopeKey::Data;
+                let tag: serde::de::value::StrDeserializer<'_, serde_json::Error> =
+                    self.event_type.into_deserializer();
+                seed.deserialize(tag)
+            }
+            EnvelopeKey::DataValue => {
+                self.next = EnvelopeKey::Done;
+                seed.deserialize(&mut *self.data)
+            }
+            _ => Err(serde::de::Error::custom(
+                "envelope value requested before its key",
+            )),
+        }
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(2)
+    }
 }

@@ -263,3 +263,36 @@ fn overlong_free_text_is_clipped_not_rejected() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The payload is exactly one JSON value, read straight into the event:
+/// surrounding whitespace is fine, anything after the value is malformed
+/// (nothing can smuggle in a second `data` or tag).
+#[test]
+fn payload_is_exactly_one_json_value() {
+    let ok = r#"{"reason":"x","at":"2026-01-01T00:00:00Z"}"#;
+    let plain = decode_any(&stream("order-1"), "OrderCancelled", 1, ok).unwrap();
+    let padded = decode_any(
+        &stream("order-1"),
+        "OrderCancelled",
+        1,
+        &format!(" \n{ok}\t "),
+    )
+    .unwrap();
+    assert_eq!(plain, padded);
+    for bad in [
+        format!("{ok}x"),
+        format!("{ok}{ok}"),
+        format!(r#"{ok},"data":{ok}"#),
+        format!("{ok}}}"),
+        String::new(),
+        "null".to_owned(),
+    ] {
+        assert!(
+            matches!(
+                decode_any(&stream("order-1"), "OrderCancelled", 1, &bad),
+                Err(CodecError::MalformedPayload { .. })
+            ),
+            "{bad:?} decoded"
+        );
+    }
+}

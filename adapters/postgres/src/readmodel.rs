@@ -91,6 +91,19 @@ impl ReadModelStore for PgStore {
 
     async fn apply_batch(&self, batch: Batch) -> Result<(), ReadModelError> {
         let mut tx = self.pool().begin().await.map_err(backend)?;
+        if batch.is_shadow_only() {
+            // A rebuild's batch commits without waiting for its WAL flush
+            // (tens of MB per batch). Still crash-safe: an asynchronous
+            // commit is never torn, a crash can only lose the latest
+            // batches whole (rows and shadow checkpoint together), and a
+            // crashed rebuild is redone from empty shadow tables. `local`:
+            // the setting ends with this transaction; live batches and the
+            // swap keep synchronous commits.
+            sqlx::query("set local synchronous_commit = off")
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
         for mv in &batch.checkpoints {
             let found = stored_checkpoint(&mut tx, &mv.name, true).await?;
             if found != mv.from {

@@ -32,6 +32,7 @@ macro_rules! cases {
 
 cases!(
     rebuild_equals_incremental,
+    rebuild_equals_incremental_small_cache,
     checkpoint_atomicity,
     poison_event_stalls,
     journal_balances,

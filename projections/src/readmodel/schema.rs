@@ -637,6 +637,10 @@ pub fn migration_sql(dialect: Dialect) -> String {
     out.join(";\n\n") + ";\n"
 }
 
+/// `maintenance_work_mem` of the transaction that builds a rebuild's shadow
+/// indexes on Postgres (the server default is often 64MB).
+pub const SHADOW_INDEX_SORT_MEMORY: &str = "256MB";
+
 /// Statements that drop (if present) and create the shadow tables of
 /// `models`, empty, with the shadow checkpoints removed. Only the primary
 /// keys (which the upserts need) exist while the rebuild loads them; the
@@ -661,13 +665,27 @@ pub fn prepare_shadow_sql(dialect: Dialect, models: &[ReadModel]) -> Vec<String>
 /// Postgres renames them in the swap. SQLite cannot rename an index, so its
 /// swap builds them under their live names and nothing is built here (they
 /// would be built twice).
+///
+/// On Postgres the statements run in one transaction whose index builds may
+/// sort in [`SHADOW_INDEX_SORT_MEMORY`] (`set local`: this transaction only)
+/// rather than spill the sorts of a large rebuild to disk.
 pub fn shadow_index_sql(dialect: Dialect, models: &[ReadModel]) -> Vec<String> {
     match dialect {
-        Dialect::Postgres => models
-            .iter()
-            .flat_map(|m| m.tables())
-            .flat_map(|t| t.index_sql(true))
-            .collect(),
+        Dialect::Postgres => {
+            let indexes: Vec<String> = models
+                .iter()
+                .flat_map(|m| m.tables())
+                .flat_map(|t| t.index_sql(true))
+                .collect();
+            if indexes.is_empty() {
+                return indexes;
+            }
+            std::iter::once(format!(
+                "set local maintenance_work_mem = '{SHADOW_INDEX_SORT_MEMORY}'"
+            ))
+            .chain(indexes)
+            .collect()
+        }
         Dialect::Sqlite => Vec::new(),
     }
 }
