@@ -268,7 +268,8 @@ async fn append_batch(
     let firsts: Vec<StreamAppend> = batch
         .iter()
         .zip(&first)
-        .filter_map(|(a, f)| f.then(|| a.clone()))
+        .filter(|(_, f)| **f)
+        .map(|(a, _)| a.clone())
         .collect();
     let mut written = store.append_many(&firsts).await?.into_iter();
     let mut answers = Vec::with_capacity(batch.len());
