@@ -69,20 +69,7 @@ impl WebhookLogStore for SqliteStore {
             check_webhook_log(entry)?;
         }
         let mut tx = self.begin_write().await?;
-        let mut outcome = Ok(Vec::with_capacity(entries.len()));
-        for entry in entries {
-            match insert_one(entry, &mut tx).await {
-                Ok(id) => {
-                    if let Ok(ids) = &mut outcome {
-                        ids.push(id);
-                    }
-                }
-                Err(e) => {
-                    outcome = Err(e);
-                    break;
-                }
-            }
-        }
+        let outcome = insert_all(entries, &mut tx).await;
         finish(tx, outcome).await
     }
 
@@ -118,6 +105,17 @@ impl WebhookLogStore for SqliteStore {
             .map_err(backend)?;
         rows.iter().map(decode_entry).collect()
     }
+}
+
+async fn insert_all(
+    entries: &[WebhookLogEntry],
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+) -> Result<Vec<i64>, StoreError> {
+    let mut ids = Vec::with_capacity(entries.len());
+    for entry in entries {
+        ids.push(insert_one(entry, tx).await?);
+    }
+    Ok(ids)
 }
 
 async fn insert_one(

@@ -315,20 +315,20 @@ pub async fn place_order(
     }
 
     let response = idempotency::run(&state, &scope, &key, &body, || async {
-        let placed = match place_fresh(&state, &stream, &ctx, &fresh_events).await? {
-            Some(placed) => placed,
+        let placed = if place_fresh(&state, &stream, &ctx, &fresh_events).await? {
+            placed.clone()
+        } else {
             // The stream exists (a replay after a lost idempotency record,
             // or a clash): the general path folds it and lets the core's
             // guards decide.
-            None => {
-                let handled: Handled<Order> =
-                    execute::<Order, _>(&*state.events, &stream, &ctx, &command)
-                        .await
-                        .map_err(|e| handle_error(e, order_rejection))?;
-                handled.state.order.ok_or_else(|| {
-                    ApiError::internal(anyhow::anyhow!("order {order_id} not placed"))
-                })?
-            }
+            let handled: Handled<Order> =
+                execute::<Order, _>(&*state.events, &stream, &ctx, &command)
+                    .await
+                    .map_err(|e| handle_error(e, order_rejection))?;
+            handled
+                .state
+                .order
+                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("order {order_id} not placed")))?
         };
         tracing::info!(order_id = %order_id, total_minor = placed.total_minor, "order placed");
         start_payment(&state, &stream, placed).await
@@ -363,33 +363,26 @@ async fn start_payment(
     JsonReply::new(StatusCode::CREATED, &order_created(&placed, secret))
 }
 
-/// The common case, one round trip: a new order's stream cannot exist yet,
-/// so append the decided events with `NoStream` without loading. `None` when
-/// the stream already exists.
+/// One round trip: a new order's stream cannot exist yet, so append the
+/// decided events with `NoStream` without loading. `false` when the stream
+/// already exists.
 async fn place_fresh(
     state: &AppState,
     stream: &StreamId,
     ctx: &CommandContext,
     events: &[ledger_core::order::OrderEvent],
-) -> Result<Option<PlacedOrder>, ApiError> {
+) -> Result<bool, ApiError> {
     let new_events = to_new_events::<Order>(ctx, stream, events);
     match state
         .events
         .append(stream, ExpectedVersion::NoStream, &new_events)
         .await
     {
-        Ok(appended) if !appended.already_existed => {
-            let mut folded = OrderState::default();
-            for e in events {
-                folded = Order::evolve(folded, e).map_err(ApiError::internal)?;
-            }
-            Ok(folded.order)
-        }
-        Ok(_) | Err(StoreError::WrongExpectedVersion { .. }) => Ok(None),
+        Ok(appended) => Ok(!appended.already_existed),
+        Err(StoreError::WrongExpectedVersion { .. }) => Ok(false),
         Err(e) => Err(ApiError::internal(e)),
     }
 }
-
 pub fn parse_order_id(text: &str) -> Result<OrderId, ApiError> {
     Uuid::parse_str(text).map(OrderId).map_err(|_| {
         ApiError::not_found(
