@@ -56,6 +56,8 @@ mod error;
 mod idempotency;
 mod query;
 mod readmodel;
+#[doc(hidden)]
+pub use readmodel::HEAD_POSITION_SQL;
 mod row;
 mod webhook_log;
 mod work;

@@ -10,7 +10,8 @@ use std::collections::HashSet;
 use common::{event, fresh_store, settle, stream};
 use ledger_core::hash::{self, ContentFields, GENESIS, content_digest};
 use ledger_core::{Checkpoint, ExpectedVersion, NewEvent, RecordedEvent};
-use ledger_postgres::{PgStore, READ_ALL_SQL};
+use ledger_postgres::{HEAD_POSITION_SQL, PgStore, READ_ALL_SQL};
+use ledger_projections::readmodel::ReadModelStore;
 use ledger_store::conformance::ConformanceBackend;
 use ledger_store::{EventStore, RawInsertBaseline, StoreError, StreamAppend};
 use sqlx::Row;
@@ -646,6 +647,39 @@ async fn read_all_walks_the_transaction_position_index() {
         "{plan}"
     );
     assert!(!plan.contains("Sort"), "{plan}");
+
+    // The projector asks for the head after every batch: a backward probe of
+    // the same index, never a scan of the table.
+    let plan: Vec<String> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("explain {HEAD_POSITION_SQL}")))
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("Index Only Scan Backward using event_transaction_position_ix")
+            || plan.contains("Index Scan Backward using event_transaction_position_ix"),
+        "{plan}"
+    );
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    assert!(!plan.contains("Sort"), "{plan}");
+}
+
+#[tokio::test]
+async fn the_head_is_the_last_event_in_read_order() {
+    let store = fresh_store().await;
+    assert_eq!(ReadModelStore::head_position(&store).await.unwrap(), 0);
+    for n in 1..=3u64 {
+        store
+            .append(&stream("head"), ExpectedVersion::NoStream, &events("X", n))
+            .await
+            .unwrap();
+        settle(&store).await;
+        let all = store.read_all(Checkpoint::START, 1000).await.unwrap();
+        let last = all.last().unwrap().global_position;
+        assert_eq!(all.iter().map(|e| e.global_position).max(), Some(last));
+        assert_eq!(ReadModelStore::head_position(&store).await.unwrap(), last);
+    }
 }
 
 #[tokio::test]

@@ -188,7 +188,9 @@ pub trait ReadModelStore: Send + Sync + 'static {
     async fn apply_batch(&self, batch: Batch) -> Result<(), ReadModelError>;
     /// Runs parameterless statements in one transaction.
     async fn execute_all(&self, statements: &[String]) -> Result<(), ReadModelError>;
-    /// The store's highest global position (0 when empty).
+    /// The feed's head, for the lag (0 when empty): the position of the
+    /// last event in `read_all` order. Called after every batch, so it must
+    /// cost an index probe, never a scan.
     async fn head_position(&self) -> Result<u64, ReadModelError>;
 }
 
