@@ -383,30 +383,60 @@ mod tests {
     use std::sync::Mutex as StdMutex;
 
     use tokio::sync::Semaphore;
+    use tokio::task::JoinHandle;
 
     use super::*;
 
-    /// A writer that records each batch's size and holds it until the test
-    /// lets one batch through.
-    fn gated_writer() -> (
-        WriteBatch<u32, u32>,
-        Arc<StdMutex<Vec<usize>>>,
-        Arc<Semaphore>,
-    ) {
-        let sizes = Arc::new(StdMutex::new(Vec::new()));
-        let gate = Arc::new(Semaphore::new(0));
-        let write: WriteBatch<u32, u32> = {
-            let (sizes, gate) = (Arc::clone(&sizes), Arc::clone(&gate));
-            Arc::new(move |items: Arc<Vec<u32>>, _now| {
+    /// A group commit whose writer records each batch's size and holds it
+    /// until the test lets one batch through.
+    struct Gated {
+        commit: GroupCommit<u32, u32>,
+        sizes: Arc<StdMutex<Vec<usize>>>,
+        gate: Arc<Semaphore>,
+    }
+
+    impl Gated {
+        fn start() -> Gated {
+            let sizes = Arc::new(StdMutex::new(Vec::new()));
+            let gate = Arc::new(Semaphore::new(0));
+            let write: WriteBatch<u32, u32> = {
                 let (sizes, gate) = (Arc::clone(&sizes), Arc::clone(&gate));
-                Box::pin(async move {
-                    sizes.lock().unwrap().push(items.len());
-                    gate.acquire().await.unwrap().forget();
-                    Ok(items.iter().map(|i| i * 10).collect())
+                Arc::new(move |items: Arc<Vec<u32>>, _now| {
+                    let (sizes, gate) = (Arc::clone(&sizes), Arc::clone(&gate));
+                    Box::pin(async move {
+                        sizes.lock().unwrap().push(items.len());
+                        gate.acquire().await.unwrap().forget();
+                        Ok(items.iter().map(|i| i * 10).collect())
+                    })
                 })
-            })
-        };
-        (write, sizes, gate)
+            };
+            Gated {
+                commit: GroupCommit::start(write),
+                sizes,
+                gate,
+            }
+        }
+
+        fn submit(&self, n: u32) -> JoinHandle<Result<u32, StoreError>> {
+            let commit = self.commit.clone();
+            tokio::spawn(async move { commit.submit_checked(n, crate::recorded_now()).await })
+        }
+
+        fn sizes(&self) -> Vec<usize> {
+            self.sizes.lock().unwrap().clone()
+        }
+
+        /// Lets `batches` batches through, then checks every answer.
+        async fn release(
+            &self,
+            batches: usize,
+            tasks: Vec<(u32, JoinHandle<Result<u32, StoreError>>)>,
+        ) {
+            self.gate.add_permits(batches);
+            for (n, task) in tasks {
+                assert_eq!(task.await.unwrap(), Ok(n * 10));
+            }
+        }
     }
 
     async fn let_others_run() {
@@ -420,53 +450,31 @@ mod tests {
     /// of the free writer starting a transaction for each.
     #[tokio::test(flavor = "current_thread")]
     async fn a_batch_forms_while_another_is_written() {
-        let (write, sizes, gate) = gated_writer();
-        let commit = GroupCommit::start(write);
-        let submit = |n: u32| {
-            let commit = commit.clone();
-            tokio::spawn(async move { commit.submit_checked(n, crate::recorded_now()).await })
-        };
-        let first = submit(1);
+        let gated = Gated::start();
+        let mut tasks = vec![(1, gated.submit(1))];
+        let_others_run().await;
+        assert_eq!(gated.sizes(), vec![1], "the first request waits for nobody");
+        tasks.extend((2..=11).map(|n| (n, gated.submit(n))));
         let_others_run().await;
         assert_eq!(
-            *sizes.lock().unwrap(),
-            vec![1],
-            "the first request waits for nobody"
-        );
-        let rest: Vec<_> = (2..=11).map(submit).collect();
-        let_others_run().await;
-        assert_eq!(
-            *sizes.lock().unwrap(),
+            gated.sizes(),
             vec![1],
             "nothing starts while a batch is written"
         );
-        gate.add_permits(2);
-        assert_eq!(first.await.unwrap(), Ok(10));
-        for (n, task) in (2..=11).zip(rest) {
-            assert_eq!(task.await.unwrap(), Ok(n * 10));
-        }
-        assert_eq!(*sizes.lock().unwrap(), vec![1, 10]);
+        gated.release(2, tasks).await;
+        assert_eq!(gated.sizes(), vec![1, 10]);
     }
 
     /// A full batch does not wait for the one being written.
     #[tokio::test(flavor = "current_thread")]
     async fn a_full_batch_starts_without_waiting() {
-        let (write, sizes, gate) = gated_writer();
-        let commit = GroupCommit::start(write);
-        let submit = |n: u32| {
-            let commit = commit.clone();
-            tokio::spawn(async move { commit.submit_checked(n, crate::recorded_now()).await })
-        };
-        let first = submit(0);
+        let gated = Gated::start();
+        let mut tasks = vec![(0, gated.submit(0))];
         let_others_run().await;
         let count = u32::try_from(GROUP_MAX).unwrap();
-        let rest: Vec<_> = (1..=count).map(submit).collect();
+        tasks.extend((1..=count).map(|n| (n, gated.submit(n))));
         let_others_run().await;
-        assert_eq!(*sizes.lock().unwrap(), vec![1, GROUP_MAX]);
-        gate.add_permits(2);
-        assert_eq!(first.await.unwrap(), Ok(0));
-        for (n, task) in (1..=count).zip(rest) {
-            assert_eq!(task.await.unwrap(), Ok(n * 10));
-        }
+        assert_eq!(gated.sizes(), vec![1, GROUP_MAX]);
+        gated.release(2, tasks).await;
     }
 }
