@@ -8,6 +8,8 @@
 //! compare-and-set, so two projectors (or a projector and a rebuild's swap)
 //! never both apply the same batch.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use ledger_core::Checkpoint;
 use ledger_projections::readmodel::{
@@ -63,6 +65,45 @@ async fn stored_checkpoint(
         .transpose()
 }
 
+/// Locks a batch's checkpoint rows, in name order so two batches cannot
+/// deadlock, with one statement (a batch moves every model's checkpoint:
+/// one round trip instead of one per model). Names without a row are absent.
+const LOCK_CHECKPOINTS_SQL: &str = "select name, commit_id, position from projection_checkpoint \
+     where name = any($1::text[]) order by name for update";
+
+/// Saves a batch's checkpoints with one statement.
+const SAVE_CHECKPOINTS_SQL: &str = "insert into projection_checkpoint \
+         (name, commit_id, position, updated_at) \
+     select c.name, c.commit_id, c.position, now() \
+     from unnest($1::text[], $2::bigint[], $3::bigint[]) as c (name, commit_id, position) \
+     order by c.name \
+     on conflict (name) do update set commit_id = excluded.commit_id, \
+         position = excluded.position, updated_at = excluded.updated_at";
+
+async fn lock_checkpoints(
+    tx: &mut Transaction<'static, Postgres>,
+    names: &[&str],
+) -> Result<HashMap<String, Checkpoint>, ReadModelError> {
+    if names.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query(LOCK_CHECKPOINTS_SQL)
+        .bind(names)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(backend)?;
+    rows.into_iter()
+        .map(|r| {
+            let name: String = r.try_get(0).map_err(backend)?;
+            let at = checkpoint_of(
+                r.try_get(1).map_err(backend)?,
+                r.try_get(2).map_err(backend)?,
+            )?;
+            Ok((name, at))
+        })
+        .collect()
+}
+
 /// One statement for all of a write's rows: a typed array per column.
 async fn write(tx: &mut Transaction<'static, Postgres>, w: Write) -> Result<(), ReadModelError> {
     let rows = w.rows();
@@ -114,8 +155,14 @@ impl ReadModelStore for PgStore {
                 .await
                 .map_err(backend)?;
         }
+        let names: Vec<&str> = batch
+            .checkpoints
+            .iter()
+            .map(|mv| mv.name.as_str())
+            .collect();
+        let mut found = lock_checkpoints(&mut tx, &names).await?;
         for mv in &batch.checkpoints {
-            let found = stored_checkpoint(&mut tx, &mv.name, true).await?;
+            let found = found.remove(&mv.name);
             if found != mv.from {
                 return Err(ReadModelError::CheckpointMoved {
                     name: mv.name.clone(),
@@ -131,19 +178,20 @@ impl ReadModelStore for PgStore {
             // Dropping the transaction rolls the row writes back.
             return Err(ReadModelError::InjectedFault);
         }
-        for mv in &batch.checkpoints {
-            sqlx::query(
-                "insert into projection_checkpoint (name, commit_id, position, updated_at) \
-                 values ($1, $2, $3, now()) on conflict (name) do update set \
-                 commit_id = excluded.commit_id, position = excluded.position, \
-                 updated_at = excluded.updated_at",
-            )
-            .bind(mv.name.as_str())
-            .bind(to_i64(mv.to.commit)?)
-            .bind(to_i64(mv.to.position)?)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        if !batch.checkpoints.is_empty() {
+            let mut commits = Vec::with_capacity(names.len());
+            let mut positions = Vec::with_capacity(names.len());
+            for mv in &batch.checkpoints {
+                commits.push(to_i64(mv.to.commit)?);
+                positions.push(to_i64(mv.to.position)?);
+            }
+            sqlx::query(SAVE_CHECKPOINTS_SQL)
+                .bind(&names)
+                .bind(commits)
+                .bind(positions)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
         }
         tx.commit().await.map_err(backend)
     }
