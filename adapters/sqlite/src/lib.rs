@@ -28,6 +28,8 @@ mod row;
 mod webhook_log;
 mod work;
 
+pub use readmodel::{SHADOW_WRITER_CACHE_KIB, WRITER_CACHE_KIB};
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -298,7 +300,14 @@ impl EventStore for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(backend)?;
-        rows.iter().map(row::decode_event).collect()
+        // Sized up front: a page is thousands of large events, and growing
+        // the vector by doubling copies them over and over (into fresh
+        // memory the kernel zeroes first).
+        let mut events = Vec::with_capacity(rows.len());
+        for r in &rows {
+            events.push(row::decode_event(r)?);
+        }
+        Ok(events)
     }
 }
 

@@ -54,21 +54,36 @@ async fn stored_checkpoint(
 }
 
 /// Pragmas set on the writer before every batch (outside the transaction, as
-/// `temp_store` requires; both stay set on the connection):
+/// `temp_store` requires; both stay set on the connection until the next
+/// batch sets them again):
 /// - `temp_store = memory`: a multi-row statement inside a transaction keeps
 ///   a statement journal (to undo just that statement); in a temp file, as
 ///   SQLite defaults to, every page it touches costs a write syscall.
 /// - `cache_size`: [`WRITER_CACHE_KIB`]; SQLite's default 2 MiB makes a
 ///   large batch spill dirty pages to the WAL mid-transaction and re-read
-///   index pages it just evicted.
-fn writer_pragmas() -> String {
-    format!("pragma temp_store = memory; pragma cache_size = -{WRITER_CACHE_KIB}")
+///   index pages it just evicted. A rebuild's batches (shadow tables only)
+///   get [`SHADOW_WRITER_CACHE_KIB`]; the next live batch shrinks the cache
+///   back.
+fn writer_pragmas(shadow_only: bool) -> String {
+    let kib = if shadow_only {
+        SHADOW_WRITER_CACHE_KIB
+    } else {
+        WRITER_CACHE_KIB
+    };
+    format!("pragma temp_store = memory; pragma cache_size = -{kib}")
 }
 
 /// The writer's page cache once it applies read-model batches, in KiB: a
-/// rebuild's batch of tens of thousands of rows touches a few tens of MiB
-/// of table and index pages.
+/// live batch touches a few tens of MiB of table and index pages.
 pub const WRITER_CACHE_KIB: u32 = 65_536;
+
+/// The writer's page cache while it applies a rebuild's shadow batches, in
+/// KiB. The shadow primary keys are random (uuids), so each transaction of
+/// a large rebuild touches most leaf pages of every primary-key index; on a
+/// 1M-event history those indexes outgrow [`WRITER_CACHE_KIB`], and every
+/// transaction re-read the pages the previous one evicted (from the WAL or
+/// the file: a syscall and a copy each) and spilled dirty pages mid-way.
+pub const SHADOW_WRITER_CACHE_KIB: u32 = 262_144;
 
 /// Statement texts of full chunks, per (table, mode, shadow): built once per
 /// process (each is `rows_per_statement` tuples long).
@@ -173,7 +188,7 @@ impl ReadModelStore for SqliteStore {
         // defaults to, it costs a write syscall per page touched. In memory
         // it is a copy. Set on the writer (the pool's one connection)
         // outside the transaction, as SQLite requires; it stays set.
-        sqlx::raw_sql(AssertSqlSafe(writer_pragmas()))
+        sqlx::raw_sql(AssertSqlSafe(writer_pragmas(batch.is_shadow_only())))
             .execute(self.pool())
             .await
             .map_err(backend)?;
