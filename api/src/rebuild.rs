@@ -49,7 +49,7 @@ pub async fn run(backend: &Backend, projection: &str) -> anyhow::Result<ExitCode
     let bar = ProgressBar::new(head);
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} rebuild [{elapsed_precise}] {wide_bar} {pos}/{len} events ({per_sec})",
+            "{spinner} rebuild [{elapsed_precise}] {wide_bar} {pos}/{len} events ({per_sec}) {msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
@@ -62,16 +62,18 @@ pub async fn run(backend: &Backend, projection: &str) -> anyhow::Result<ExitCode
     let stats = rebuild_into_shadow(events, store.clone(), &models, None, &progress)
         .await
         .context("rebuilding into shadow tables")?;
-    let built = started.elapsed();
+    let loaded = started.elapsed();
+    bar.set_message("swapping in");
     swap_shadow(store.as_ref(), &models)
         .await
         .context("swapping the shadow tables in")?;
+    let total = started.elapsed();
     bar.finish_and_clear();
-    let secs = built.as_secs_f64().max(f64::EPSILON);
+    let secs = total.as_secs_f64().max(f64::EPSILON);
     #[allow(clippy::float_arithmetic)] // a display rate, not money
     let rate = stats.events as f64 / secs;
     println!(
-        "rebuilt {} from {} events in {:.2}s ({:.0} events/s), swapped in; checkpoint position {}",
+        "rebuilt {} from {} events in {:.2}s ({:.0} events/s: loaded in {:.2}s, indexed and swapped in {:.2}s); checkpoint position {}",
         models
             .iter()
             .map(|m| m.name())
@@ -80,6 +82,8 @@ pub async fn run(backend: &Backend, projection: &str) -> anyhow::Result<ExitCode
         stats.events,
         secs,
         rate,
+        loaded.as_secs_f64(),
+        (total - loaded).as_secs_f64(),
         stats.checkpoint.position
     );
     Ok(ExitCode::SUCCESS)

@@ -347,6 +347,21 @@ impl Table {
             .join(", ")
     }
 
+    /// Whether this table's key is left out of its shadow while a rebuild
+    /// loads it, and built as the unique index `{live}_pk` when the shadow
+    /// is swapped in. So on SQLite for append-only ([`WriteMode::Insert`])
+    /// tables: their keys are random uuids, so every load transaction
+    /// dirtied most pages of a key index maintained row by row (written to
+    /// the WAL, then again by the checkpoint); one sorted build at the swap
+    /// writes each page once. The loaded rows are only ever inserted, so
+    /// nothing needs the key meanwhile; a duplicate (a fold bug) fails the
+    /// swap's index build, loudly, and the live tables stay as they were.
+    /// (Postgres renames constraints and indexes, so it builds everything
+    /// before the swap and keeps its keys while loading.)
+    pub fn key_built_at_swap(&self, dialect: Dialect, shadow: bool) -> bool {
+        shadow && dialect == Dialect::Sqlite && self.write == WriteMode::Insert
+    }
+
     /// `create table` (constraints named after the table, so a shadow's
     /// names never collide with the live table's).
     pub fn create_sql(&self, dialect: Dialect, shadow: bool) -> String {
@@ -368,10 +383,12 @@ impl Table {
                 ));
             }
         }
-        parts.push(format!(
-            "    constraint {t}_pk primary key ({})",
-            self.key.join(", ")
-        ));
+        if !self.key_built_at_swap(dialect, shadow) {
+            parts.push(format!(
+                "    constraint {t}_pk primary key ({})",
+                self.key.join(", ")
+            ));
+        }
         format!("create table {t} (\n{}\n)", parts.join(",\n"))
     }
 
@@ -643,9 +660,10 @@ pub const SHADOW_INDEX_SORT_MEMORY: &str = "256MB";
 
 /// Statements that drop (if present) and create the shadow tables of
 /// `models`, empty, with the shadow checkpoints removed. Only the primary
-/// keys (which the upserts need) exist while the rebuild loads them; the
-/// secondary indexes come after the load ([`shadow_index_sql`], or on SQLite
-/// the swap), built once in bulk rather than maintained row by row.
+/// keys (which the upserts need; see [`Table::key_built_at_swap`] for the
+/// ones left out) exist while the rebuild loads them; the secondary indexes
+/// come after the load ([`shadow_index_sql`], or on SQLite the swap), built
+/// once in bulk rather than maintained row by row.
 pub fn prepare_shadow_sql(dialect: Dialect, models: &[ReadModel]) -> Vec<String> {
     let mut out = Vec::new();
     for m in models {
@@ -722,6 +740,12 @@ pub fn swap_sql(dialect: Dialect, models: &[ReadModel]) -> Vec<String> {
                     // inside a SQLite table are labels only.
                     for (name, _) in t.indexes {
                         out.push(format!("drop index if exists {shadow}_{name}"));
+                    }
+                    if t.key_built_at_swap(dialect, true) {
+                        out.push(format!(
+                            "create unique index {live}_pk on {live} ({})",
+                            t.key.join(", ")
+                        ));
                     }
                     out.extend(t.index_sql(false));
                 }

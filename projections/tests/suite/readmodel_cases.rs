@@ -42,7 +42,8 @@ async fn count(f: &Fixture, sql: &str) -> i64 {
     rows[0].parse().unwrap()
 }
 
-async fn assert_shadow_equals_live(f: &Fixture) {
+/// Rebuilds every model into its shadow tables (no swap).
+async fn rebuild_all(f: &Fixture) {
     rebuild_into_shadow(
         f.events.clone(),
         f.models.clone(),
@@ -52,6 +53,19 @@ async fn assert_shadow_equals_live(f: &Fixture) {
     )
     .await
     .unwrap();
+}
+
+/// Rows in `table`.
+async fn rows_in(f: &Fixture, table: &str) -> i64 {
+    count(
+        f,
+        &format!("select cast(count(*) as text) from {table} where $1 = $1"),
+    )
+    .await
+}
+
+async fn assert_shadow_equals_live(f: &Fixture) {
+    rebuild_all(f).await;
     let diffs = diff_shadow_against_live(f.models.as_ref(), &ReadModel::ALL)
         .await
         .unwrap();
@@ -117,6 +131,48 @@ pub async fn rebuild_equals_incremental(f: Fixture, settle: impl AsyncFn()) {
         .await;
     }
     assert_shadow_equals_live(&f).await;
+    keys_hold_after_the_swap(&f).await;
+}
+
+/// Every live table refuses a second row with a stored key after a swap
+/// (SQLite loads append-only shadows without their keys and builds them
+/// in the swap), and a shadow holding a duplicate never reaches live: the
+/// insert (key kept while loading) or the swap (key built there) fails, and
+/// live keeps its rows.
+async fn keys_hold_after_the_swap(f: &Fixture) {
+    for table in ReadModel::ALL
+        .iter()
+        .flat_map(|m| m.tables())
+        .map(|t| t.name)
+    {
+        assert!(rows_in(f, table).await > 0, "{table} has rows to duplicate");
+        let dup = f
+            .models
+            .execute_all(&[format!("insert into {table} select * from {table} limit 1")])
+            .await;
+        assert!(dup.is_err(), "live {table} took a duplicate key");
+    }
+    let posting_rows = rows_in(f, "posting").await;
+    rebuild_all(f).await;
+    let duplicated = f
+        .models
+        .execute_all(&[
+            "insert into posting__shadow select * from posting__shadow limit 1".to_owned(),
+        ])
+        .await
+        .is_ok();
+    if duplicated {
+        let swapped = swap_shadow(f.models.as_ref(), &ReadModel::ALL).await;
+        assert!(
+            swapped.is_err(),
+            "a shadow with a duplicate key was swapped in"
+        );
+    }
+    assert_eq!(
+        rows_in(f, "posting").await,
+        posting_rows,
+        "live posting kept its rows"
+    );
 }
 
 pub async fn checkpoint_atomicity(f: Fixture, settle: impl AsyncFn()) {
@@ -306,15 +362,7 @@ pub async fn hand_edited_row_is_reported(f: Fixture, settle: impl AsyncFn()) {
         )])
         .await
         .unwrap();
-    rebuild_into_shadow(
-        f.events.clone(),
-        f.models.clone(),
-        &ReadModel::ALL,
-        None,
-        &|_| {},
-    )
-    .await
-    .unwrap();
+    rebuild_all(&f).await;
     let diffs = diff_shadow_against_live(f.models.as_ref(), &ReadModel::ALL)
         .await
         .unwrap();
