@@ -78,9 +78,11 @@ fn writer_pragmas(shadow_only: bool) -> String {
 pub const WRITER_CACHE_KIB: u32 = 65_536;
 
 /// The writer's page cache while it applies a rebuild's shadow batches, in
-/// KiB. The shadow primary keys are random (uuids), so each transaction of
-/// a large rebuild touches most leaf pages of every primary-key index; on a
-/// 1M-event history those indexes outgrow [`WRITER_CACHE_KIB`], and every
+/// KiB. The entity tables' primary keys are random (uuids), so each
+/// transaction of a large rebuild touches most leaf pages of their key
+/// indexes (the append-only tables load without keys: see
+/// `Table::key_built_at_swap`); on a 1M-event history those indexes outgrow
+/// [`WRITER_CACHE_KIB`], and every
 /// transaction re-read the pages the previous one evicted (from the WAL or
 /// the file: a syscall and a copy each) and spilled dirty pages mid-way.
 pub const SHADOW_WRITER_CACHE_KIB: u32 = 262_144;
