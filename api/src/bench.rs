@@ -342,7 +342,8 @@ pub async fn append(
 /// `INSERT` of as many rows of the event shape through the same pool.
 ///
 /// Two passes are timed: the read-model rebuild (every model into shadow
-/// tables, from position 0) and the `verify` feed pass.
+/// tables from position 0, indexed, then swapped in) and the `verify` feed
+/// pass.
 pub async fn project(
     store: BenchStore,
     database_url: Option<&str>,
@@ -416,7 +417,8 @@ pub async fn project(
         &progress,
     )
     .await?;
-    // The read-model rebuild (all models, into shadow tables, from 0).
+    // The read-model rebuild (all models, into shadow tables from 0, then
+    // the swap).
     bar.set_position(0);
     bar.set_message("read-model rebuild");
     let rm_store: Arc<dyn ledger_projections::readmodel::ReadModelStore> = match &backend {
@@ -472,7 +474,7 @@ pub async fn project(
     );
     println!(
         "{:<52} {:>10} {:>10} {:>10}",
-        "  of which loading the shadow tables",
+        "  of which loading (Postgres: and indexing)",
         rebuilt.events,
         load_elapsed.as_millis(),
         rate(rebuilt.events, load_elapsed)

@@ -73,7 +73,7 @@ pub async fn run(backend: &Backend, projection: &str) -> anyhow::Result<ExitCode
     #[allow(clippy::float_arithmetic)] // a display rate, not money
     let rate = stats.events as f64 / secs;
     println!(
-        "rebuilt {} from {} events in {:.2}s ({:.0} events/s: loaded in {:.2}s, indexed and swapped in {:.2}s); checkpoint position {}",
+        "rebuilt {} from {} events in {:.2}s ({:.0} events/s: loaded in {:.2}s, swapped in {:.2}s; Postgres builds the indexes while loading, SQLite while swapping); checkpoint position {}",
         models
             .iter()
             .map(|m| m.name())

@@ -48,7 +48,7 @@ pub const GROUP_WRITERS: usize = 3;
 /// two alternating cohorts (batches of 31, then 1) with one transaction in
 /// flight, and `POST /v1/orders` ran at 0.45x-0.52x the raw single-row
 /// `INSERT` rate; starting at 16 beside it overlaps one transaction's
-/// statements with another's commit: 0.61x-0.70x. (8: 0.61x-0.62x; 24:
+/// statements with another's commit: 0.60x-0.73x. (8: 0.61x-0.62x; 24:
 /// 0.53x; four writers: no better.)
 pub const GROUP_START_EARLY: usize = 16;
 /// Submissions queued beyond the batches in flight before submitters wait.
@@ -136,9 +136,20 @@ where
     A: Send + 'static,
 {
     while let Some(jobs) = gather(&writers).await {
+        let _writing = Writing(&writers);
         write_jobs(&write, jobs).await;
-        writers.writing.fetch_sub(1, Ordering::SeqCst);
-        writers.finished.notify_waiters();
+    }
+}
+
+/// A batch being written (counted by [`gather`]); dropping it, even while
+/// a panic unwinds the writer task, uncounts it and wakes the gatherer, so
+/// a dead writer never leaves small batches waiting for good.
+struct Writing<'a, C, A>(&'a Writers<C, A>);
+
+impl<C, A> Drop for Writing<'_, C, A> {
+    fn drop(&mut self) {
+        self.0.writing.fetch_sub(1, Ordering::SeqCst);
+        self.0.finished.notify_waiters();
     }
 }
 

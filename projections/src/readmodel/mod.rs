@@ -1010,6 +1010,22 @@ pub async fn diff_shadow_against_live(
     let mut out = Vec::new();
     for m in models {
         for t in m.tables() {
+            // A shadow loaded without its key (built only by the swap) may
+            // hold a key twice, which the join below cannot show.
+            if t.key_built_at_swap(store.dialect(), true) {
+                for key in store
+                    .query_text(&t.duplicate_keys_sql(), &DIFF_ROWS_MAX.to_string())
+                    .await?
+                {
+                    out.push(RowDiff {
+                        table: t.name.to_owned(),
+                        key,
+                        column: "<duplicate key>".to_owned(),
+                        live: None,
+                        shadow: Some("twice or more".to_owned()),
+                    });
+                }
+            }
             let rows = store
                 .query_text(&t.diff_sql(store.dialect()), &DIFF_ROWS_MAX.to_string())
                 .await?;

@@ -512,6 +512,23 @@ impl Table {
         })
     }
 
+    /// Keys the shadow holds more than once, at most `$1` of them, each as
+    /// `col=value` pairs (SQLite: for shadows loaded without their key).
+    pub fn duplicate_keys_sql(&self) -> String {
+        let shadow = self.table_name(true);
+        let pairs = self
+            .key
+            .iter()
+            .map(|k| format!("'{k}=' || {k}"))
+            .collect::<Vec<_>>()
+            .join(" || ',' || ");
+        let keys = self.key.join(", ");
+        format!(
+            "select {pairs} from {shadow} group by {keys} having count(*) > 1 \
+             order by {keys} limit cast($1 as integer)"
+        )
+    }
+
     /// Rows that differ between live and shadow, at most `$1` of them
     /// (as text), each as a JSON array: key columns (from whichever side has
     /// the row), a live-present flag, a shadow-present flag, then every
@@ -712,10 +729,27 @@ pub fn shadow_index_sql(dialect: Dialect, models: &[ReadModel]) -> Vec<String> {
 /// shadows renamed (with their constraints and indexes), views recreated,
 /// and the shadow checkpoints become the live ones.
 pub fn swap_sql(dialect: Dialect, models: &[ReadModel]) -> Vec<String> {
-    let mut out: Vec<String> = VIEW_NAMES
-        .iter()
-        .map(|v| format!("drop view if exists {v}"))
-        .collect();
+    let mut out = Vec::new();
+    if dialect == Dialect::Postgres {
+        // First, and in name order, as a projector's batch locks them
+        // before it touches a table: a batch and a swap then always queue
+        // in the same order and never deadlock. (SQLite's writer is single.)
+        let mut names: Vec<String> = models
+            .iter()
+            .flat_map(|m| [m.checkpoint_name(false), m.checkpoint_name(true)])
+            .map(|n| format!("'{n}'"))
+            .collect();
+        names.sort();
+        out.push(format!(
+            "select name from projection_checkpoint where name in ({}) order by name for update",
+            names.join(", ")
+        ));
+    }
+    out.extend(
+        VIEW_NAMES
+            .iter()
+            .map(|v| format!("drop view if exists {v}")),
+    );
     for m in models {
         for t in m.tables() {
             let live = t.table_name(false);

@@ -162,6 +162,16 @@ async fn keys_hold_after_the_swap(f: &Fixture) {
         .await
         .is_ok();
     if duplicated {
+        // verify's diff names it (it never swaps).
+        let diffs = diff_shadow_against_live(f.models.as_ref(), &ReadModel::ALL)
+            .await
+            .unwrap();
+        assert_eq!(diffs.len(), 1, "{diffs:?}");
+        assert_eq!(
+            (diffs[0].table.as_str(), diffs[0].column.as_str()),
+            ("posting", "<duplicate key>")
+        );
+        assert!(diffs[0].key.starts_with("entry_id="), "{}", diffs[0].key);
         let swapped = swap_shadow(f.models.as_ref(), &ReadModel::ALL).await;
         assert!(
             swapped.is_err(),
