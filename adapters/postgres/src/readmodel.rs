@@ -49,14 +49,8 @@ fn checkpoint_of(commit: i64, position: i64) -> Result<Checkpoint, ReadModelErro
 async fn stored_checkpoint(
     tx: &mut Transaction<'static, Postgres>,
     name: &str,
-    lock: bool,
 ) -> Result<Option<Checkpoint>, ReadModelError> {
-    let sql = if lock {
-        "select commit_id, position from projection_checkpoint where name = $1 for update"
-    } else {
-        "select commit_id, position from projection_checkpoint where name = $1"
-    };
-    let row = sqlx::query(sql)
+    let row = sqlx::query("select commit_id, position from projection_checkpoint where name = $1")
         .bind(name)
         .fetch_optional(&mut **tx)
         .await
@@ -127,7 +121,7 @@ impl ReadModelStore for PgStore {
 
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>, ReadModelError> {
         let mut tx = self.pool().begin().await.map_err(backend)?;
-        let cp = stored_checkpoint(&mut tx, name, false).await?;
+        let cp = stored_checkpoint(&mut tx, name).await?;
         tx.commit().await.map_err(backend)?;
         Ok(cp)
     }

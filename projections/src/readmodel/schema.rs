@@ -734,12 +734,11 @@ pub fn swap_sql(dialect: Dialect, models: &[ReadModel]) -> Vec<String> {
         // First, and in name order, as a projector's batch locks them
         // before it touches a table: a batch and a swap then always queue
         // in the same order and never deadlock. (SQLite's writer is single.)
-        let mut names: Vec<String> = models
+        let names: Vec<String> = models
             .iter()
             .flat_map(|m| [m.checkpoint_name(false), m.checkpoint_name(true)])
             .map(|n| format!("'{n}'"))
             .collect();
-        names.sort();
         out.push(format!(
             "select name from projection_checkpoint where name in ({}) order by name for update",
             names.join(", ")
@@ -809,6 +808,21 @@ mod tests {
     /// The migrations create exactly the tables a rebuild's shadows copy.
     /// (Regenerate a NEW migration from `migration_sql` when the schema
     /// changes; never edit a landed one.)
+    /// The Postgres swap locks every checkpoint it moves before it touches
+    /// a table, in name order, as a projector's batch does.
+    #[test]
+    fn the_postgres_swap_locks_its_checkpoints_first_in_name_order() {
+        let pg = swap_sql(Dialect::Postgres, &[ReadModel::Orders, ReadModel::Journal]);
+        assert_eq!(
+            pg[0],
+            "select name from projection_checkpoint where name in \
+             ('orders', 'orders__shadow', 'journal', 'journal__shadow') order by name for update"
+        );
+        assert!(pg[1..].iter().all(|s| !s.contains("for update")));
+        let lite = swap_sql(Dialect::Sqlite, &[ReadModel::Orders]);
+        assert!(lite[0].starts_with("drop view"), "{}", lite[0]);
+    }
+
     #[test]
     fn migrations_match_the_schema_descriptions() {
         let header = "-- Read models (generated from projections/src/readmodel/schema.rs).\n";
