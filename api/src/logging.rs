@@ -1,6 +1,8 @@
 //! Structured logs to stderr. `RUST_LOG` filters; `--log-format json` for
 //! machines, `text` for people.
 
+use std::io::IsTerminal;
+
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
 
@@ -16,7 +18,11 @@ pub fn init(format: LogFormat) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal: not in files, pipes
+        // or journald, where they are noise (and cost a few percent of a
+        // busy server's CPU to format).
+        .with_ansi(std::io::stderr().is_terminal());
     // A second init (tests) is harmless; ignore the error.
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -217,7 +217,8 @@ pub async fn start(
     // Read-model projector.
     let wake = Arc::new(Notify::new());
     let handler = ReadModelProjection::new(ports.read_models.clone(), &ReadModel::ALL, false);
-    let mut projector = Projector::new(ports.events.clone(), handler);
+    let mut projector =
+        Projector::new(ports.events.clone(), handler).with_coalesce(config.projection_coalesce);
     let projection_status = projector.subscribe();
     let (stop_tx, stop_rx) = watch::channel(false);
     {

@@ -15,6 +15,11 @@
 //! - [`Projector::run_once`] and [`Projector::catch_up`] drive the loop
 //!   synchronously for tests and the CLI; [`Projector::run`] waits on a
 //!   [`Notify`] the caller can poke, or at most [`POLL_INTERVAL`].
+//! - With [`Projector::with_coalesce`], [`Projector::run`] lets events
+//!   gather for that long after a partial batch before it reads again (no
+//!   poke cuts it short): under load a few large batches instead of one
+//!   small transaction per handful of events; an idle projector still
+//!   applies the first new event at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,6 +143,7 @@ pub struct Projector<H: Handler> {
     status: watch::Sender<Status>,
     batch: u32,
     stop_at: Option<Checkpoint>,
+    coalesce: Duration,
 }
 
 impl<H: Handler> std::fmt::Debug for Projector<H> {
@@ -145,6 +151,7 @@ impl<H: Handler> std::fmt::Debug for Projector<H> {
         f.debug_struct("Projector")
             .field("status", &*self.status.borrow())
             .field("batch", &self.batch)
+            .field("coalesce", &self.coalesce)
             .finish_non_exhaustive()
     }
 }
@@ -164,7 +171,18 @@ impl<H: Handler> Projector<H> {
             status: watch::Sender::new(status),
             batch: BATCH,
             stop_at: None,
+            coalesce: Duration::ZERO,
         }
+    }
+
+    /// After a partial batch, [`Projector::run`] waits this long before it
+    /// reads again, so the events written meanwhile go in one batch (one
+    /// transaction, one multi-row statement per table). Zero (the default)
+    /// reads again at once. The read models then trail the store by up to
+    /// this much more under load.
+    pub fn with_coalesce(mut self, coalesce: Duration) -> Self {
+        self.coalesce = coalesce;
+        self
     }
 
     /// Events per batch (tests use small, uneven ones).
@@ -327,14 +345,18 @@ impl<H: Handler> Projector<H> {
             if *shutdown.borrow() {
                 return Ok(());
             }
-            let wait = match self.run_once().await {
-                Ok(0) => POLL_INTERVAL,
+            // (how long to wait, whether a poke ends the wait)
+            let (wait, wakeable) = match self.run_once().await {
+                Ok(0) => (POLL_INTERVAL, true),
+                Ok(n) if !self.coalesce.is_zero() && n < self.batch as usize => {
+                    (self.coalesce, false)
+                }
                 Ok(_) => continue,
                 Err(e @ RuntimeError::Stalled { .. }) => return Err(e),
-                Err(RuntimeError::Transient { .. }) => RETRY_DELAY,
+                Err(RuntimeError::Transient { .. }) => (RETRY_DELAY, true),
             };
             tokio::select! {
-                _ = wake.notified() => {}
+                _ = wake.notified(), if wakeable => {}
                 _ = tokio::time::sleep(wait) => {}
                 changed = shutdown.changed() => {
                     if changed.is_err() {
@@ -343,5 +365,114 @@ impl<H: Handler> Projector<H> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::Mutex;
+
+    use ledger_core::ExpectedVersion;
+    use ledger_core::ids::StreamId;
+    use ledger_store::conformance::new_event;
+    use ledger_store::memory::MemoryStore;
+
+    use super::*;
+
+    /// Records each batch's size and keeps its checkpoint in memory.
+    struct Sizes {
+        checkpoint: Checkpoint,
+        sizes: Arc<Mutex<Vec<usize>>>,
+    }
+
+    #[async_trait]
+    impl Handler for Sizes {
+        fn name(&self) -> String {
+            "sizes".to_owned()
+        }
+        async fn checkpoint(&mut self) -> Result<Checkpoint, HandlerError> {
+            Ok(self.checkpoint)
+        }
+        async fn handle(&mut self, events: &[RecordedEvent]) -> Result<(), HandlerError> {
+            self.sizes.lock().unwrap().push(events.len());
+            if let Some(last) = events.last() {
+                self.checkpoint = last.checkpoint();
+            }
+            Ok(())
+        }
+    }
+
+    async fn append(store: &MemoryStore, n: usize) {
+        let stream = StreamId::new(format!("s-{}", uuid::Uuid::new_v4())).unwrap();
+        let events: Vec<_> = (0..n).map(|_| new_event("Noted", "{}")).collect();
+        store
+            .append(&stream, ExpectedVersion::NoStream, &events)
+            .await
+            .unwrap();
+    }
+
+    async fn let_others_run() {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Runs a projector with `coalesce`; after its first batch (1 event),
+    /// appends 3 more and pokes it. Returns the batch sizes seen with no
+    /// (virtual) time passed, just short of `coalesce`, and at `coalesce`.
+    async fn batches_after_a_poke(coalesce: Duration) -> [Vec<usize>; 3] {
+        let store = Arc::new(MemoryStore::new());
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let handler = Sizes {
+            checkpoint: Checkpoint::START,
+            sizes: Arc::clone(&sizes),
+        };
+        let mut projector = Projector::new(Arc::clone(&store) as Arc<dyn EventStore>, handler)
+            .with_coalesce(coalesce);
+        let wake = Arc::new(Notify::new());
+        let (stop, stopped) = watch::channel(false);
+        append(&store, 1).await;
+        let run = {
+            let wake = Arc::clone(&wake);
+            tokio::spawn(async move { projector.run(wake, stopped).await })
+        };
+        let_others_run().await;
+        assert_eq!(
+            *sizes.lock().unwrap(),
+            vec![1],
+            "the first event goes at once"
+        );
+        append(&store, 3).await;
+        wake.notify_one();
+        let_others_run().await;
+        let at_once = sizes.lock().unwrap().clone();
+        let short = coalesce.saturating_sub(Duration::from_millis(1));
+        tokio::time::advance(short).await;
+        let_others_run().await;
+        let just_short = sizes.lock().unwrap().clone();
+        tokio::time::advance(coalesce - short).await;
+        let_others_run().await;
+        let after = sizes.lock().unwrap().clone();
+        stop.send(true).unwrap();
+        wake.notify_one();
+        run.await.unwrap().unwrap();
+        [at_once, just_short, after]
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_coalesce_a_poke_reads_at_once() {
+        let [at_once, _, _] = batches_after_a_poke(Duration::ZERO).await;
+        assert_eq!(at_once, vec![1, 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn coalesce_holds_the_next_read_after_a_partial_batch() {
+        let coalesce = Duration::from_millis(250);
+        let [at_once, just_short, after] = batches_after_a_poke(coalesce).await;
+        assert_eq!(at_once, vec![1], "a poke does not cut the wait short");
+        assert_eq!(just_short, vec![1], "nothing is read before the wait ends");
+        assert_eq!(after, vec![1, 3], "what gathered goes in one batch");
     }
 }
