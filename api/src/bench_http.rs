@@ -90,8 +90,8 @@ struct Placed {
 /// per request as it can: bodies built once, the URL parsed once.
 struct Shared {
     client: reqwest::Client,
-    base: String,
     orders_url: reqwest::Url,
+    webhooks_url: reqwest::Url,
     order_bodies: Vec<axum::body::Bytes>,
     placed: std::sync::Mutex<Vec<OrderId>>,
     next_key: AtomicUsize,
@@ -176,7 +176,7 @@ async fn webhook_phase(
                 let t = Instant::now();
                 let res = shared
                     .client
-                    .post(format!("{}/webhooks/hyperswitch", shared.base))
+                    .post(shared.webhooks_url.clone())
                     .header("content-type", "application/json")
                     .header("user-agent", "Hyperswitch-Backend-Server")
                     .header("x-webhook-signature-512", sig)
@@ -245,9 +245,10 @@ pub async fn http(
             .pool_max_idle_per_host(opts.clients as usize)
             .build()
             .context("building the HTTP client")?,
-        base: format!("http://{}", server.addr),
         orders_url: reqwest::Url::parse(&format!("http://{}/v1/orders", server.addr))
             .context("parsing the orders URL")?,
+        webhooks_url: reqwest::Url::parse(&format!("http://{}/webhooks/hyperswitch", server.addr))
+            .context("parsing the webhooks URL")?,
         order_bodies: (0..ORDER_BODIES)
             .map(|n| axum::body::Bytes::from(order_body(n)))
             .collect(),

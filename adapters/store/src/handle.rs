@@ -11,7 +11,7 @@ use ledger_core::ids::{EventId, StreamId};
 use ledger_core::{
     Decider, ExpectedVersion, InvalidHistory, Metadata, NewEvent, RecordedEvent, Source,
 };
-use tracing::{debug, warn};
+use tracing::debug;
 use uuid::Uuid;
 
 use crate::{AppendResult, EventStore, READ_BATCH_MAX, StoreError};
@@ -233,7 +233,9 @@ pub async fn execute<D: Decider, S: EventStore + ?Sized>(
                 });
             }
             Err(StoreError::WrongExpectedVersion { actual, .. }) => {
-                warn!(
+                // Routine under concurrency and retried here; only running
+                // out of attempts (`Contention`) is the caller's to report.
+                debug!(
                     attempt,
                     ?expected,
                     ?actual,
