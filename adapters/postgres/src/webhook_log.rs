@@ -22,6 +22,22 @@ const INSERT_SQL: &str = "insert into hyperswitch_webhook_log \
       event_type, event_id, received_at) \
      values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning id";
 
+/// Several rows in one statement (one round trip for a group commit's
+/// batch), inserted in the arrays' order. Identity values are drawn row by
+/// row as rows are inserted, so the ids in ascending order are the rows in
+/// the arrays' order.
+const INSERT_MANY_SQL: &str = "insert into hyperswitch_webhook_log \
+     (payload, signature_valid, processing_result, source_ip, user_agent, request_id, \
+      event_type, event_id, received_at) \
+     select payload, signature_valid, processing_result, source_ip, user_agent, request_id, \
+            event_type, event_id, received_at \
+     from unnest($1::text[], $2::boolean[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                 $7::text[], $8::text[], $9::timestamptz[]) with ordinality \
+          as e (payload, signature_valid, processing_result, source_ip, user_agent, request_id, \
+                event_type, event_id, received_at, n) \
+     order by n \
+     returning id";
+
 const PROCESSED_SQL: &str = "select exists (select 1 from hyperswitch_webhook_log \
      where event_id = $1 and processing_result = $2)";
 
@@ -65,12 +81,45 @@ impl WebhookLogStore for PgStore {
         for entry in entries {
             check_webhook_log(entry)?;
         }
-        let mut tx = self.pool().begin().await.map_err(backend)?;
-        let mut ids = Vec::with_capacity(entries.len());
-        for entry in entries {
-            ids.push(insert_one(entry, &mut *tx).await?);
+        if entries.is_empty() {
+            return Ok(Vec::new());
         }
-        tx.commit().await.map_err(backend)?;
+        // One statement: atomic on its own (autocommit).
+        let text = |f: fn(&WebhookLogEntry) -> &str| -> Vec<String> {
+            entries
+                .iter()
+                .map(|e| storable_text(f(e)).into_owned())
+                .collect()
+        };
+        let opt = |f: fn(&WebhookLogEntry) -> Option<&String>| -> Vec<Option<String>> {
+            entries.iter().map(|e| opt_text(f(e))).collect()
+        };
+        let mut ids: Vec<i64> = sqlx::query_scalar(INSERT_MANY_SQL)
+            .bind(text(|e| &e.payload))
+            .bind(
+                entries
+                    .iter()
+                    .map(|e| e.signature_valid)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(text(|e| &e.processing_result))
+            .bind(opt(|e| e.source_ip.as_ref()))
+            .bind(opt(|e| e.user_agent.as_ref()))
+            .bind(text(|e| &e.request_id))
+            .bind(opt(|e| e.event_type.as_ref()))
+            .bind(opt(|e| e.event_id.as_ref()))
+            .bind(entries.iter().map(|e| e.received_at).collect::<Vec<_>>())
+            .fetch_all(self.pool())
+            .await
+            .map_err(backend)?;
+        if ids.len() != entries.len() {
+            return Err(StoreError::Backend(format!(
+                "inserting {} webhook log rows returned {} ids",
+                entries.len(),
+                ids.len()
+            )));
+        }
+        ids.sort_unstable();
         Ok(ids)
     }
 

@@ -1081,13 +1081,29 @@ pub async fn group_commit_answers_each_request_alone<
 }
 
 pub async fn webhook_logs_batch_is_all_or_nothing<S: WebhookLogStore>(store: &S) {
-    let batch = [entry(1), entry(2), entry(3)];
+    // Absent fields and a NUL (stored as U+FFFD) take the batch path too.
+    let sparse = WebhookLogEntry {
+        payload: "a\0b".to_owned(),
+        signature_valid: false,
+        processing_result: "signature_invalid".to_owned(),
+        source_ip: None,
+        user_agent: None,
+        event_type: None,
+        event_id: None,
+        ..entry(2)
+    };
+    let batch = [entry(1), sparse.clone(), entry(3)];
     let ids = store.insert_webhook_logs(&batch).await.unwrap();
     assert_eq!(ids.len(), 3);
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     let mut stored = store.recent_webhook_log(10).await.unwrap();
     stored.reverse();
-    assert_eq!(stored, batch);
+    let stored_sparse = WebhookLogEntry {
+        payload: "a\u{FFFD}b".to_owned(),
+        ..sparse
+    };
+    assert_eq!(stored, [entry(1), stored_sparse, entry(3)]);
+    assert!(store.insert_webhook_logs(&[]).await.unwrap().is_empty());
     // One refused entry refuses the whole call.
     let mut bad = entry(5);
     bad.processing_result = "maybe".to_owned();
