@@ -124,10 +124,10 @@ pub const WEBHOOK_LOG_RETENTION_DAYS_MAX: u32 = 3_650;
 /// large batch instead of a transaction per handful of events. Measured with
 /// `ledger bench http` (Postgres, 32 clients; ratio to the same run's raw
 /// `INSERT` rate): reading again at once, PlaceOrder ran at 0.43x-0.48x;
-/// 50ms 0.49x-0.53x; 100ms 0.51x-0.52x; 250ms 0.60x; 200ms 0.55x (the
+/// 50ms 0.49x-0.53x; 100ms 0.51x-0.52x; 200ms 0.55x; 250ms 0.60x (the
 /// projector stopped altogether: 0.64x). The read models trail the event
 /// store by up to this much more; the first event after a quiet spell is
-/// applied at once.
+/// applied at once. `0` turns it off (read again at once).
 pub const DEFAULT_PROJECTION_COALESCE: Duration = Duration::from_millis(250);
 /// A longer wait only makes the read models staler: batches are already
 /// large ([`ledger_projections::runtime::BATCH`] at most).
@@ -558,6 +558,7 @@ impl Config {
                 var::PROJECTION_COALESCE,
                 DEFAULT_PROJECTION_COALESCE,
                 PROJECTION_COALESCE_MAX,
+                Zero::Off,
             ),
             disable_rate_limit_for_tests: r.bool(var::DISABLE_RATE_LIMIT_FOR_TESTS, false),
         };
@@ -793,6 +794,15 @@ impl fmt::Debug for Config {
     }
 }
 
+/// What a zero duration means for a variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Zero {
+    /// A mistake (an interval of zero would spin): the default, with a WARN.
+    Invalid,
+    /// The feature off.
+    Off,
+}
+
 struct RetryWorkerVars {
     enabled: &'static str,
     max_retries: &'static str,
@@ -915,15 +925,22 @@ impl Reader<'_> {
     }
 
     fn duration(&mut self, name: &'static str, default: Duration) -> Duration {
-        self.duration_up_to(name, default, DURATION_MAX)
+        self.duration_up_to(name, default, DURATION_MAX, Zero::Invalid)
     }
 
-    fn duration_up_to(&mut self, name: &'static str, default: Duration, max: Duration) -> Duration {
+    fn duration_up_to(
+        &mut self,
+        name: &'static str,
+        default: Duration,
+        max: Duration,
+        zero: Zero,
+    ) -> Duration {
         let Some(value) = self.raw(name) else {
             return default;
         };
         let reason = match parse_go_duration(&value) {
             Err(err) => err.to_string(),
+            Ok(d) if d.is_zero() && zero == Zero::Off => return d,
             Ok(d) if d.is_zero() => "zero".to_owned(),
             Ok(d) if d > max => {
                 format!("above the maximum of {}", format_duration(max))
@@ -1572,11 +1589,14 @@ mod tests {
     ];
 
     #[test]
-    fn projection_coalesce_is_bounded_at_its_own_maximum() {
+    fn projection_coalesce_is_bounded_at_its_own_maximum_and_zero_turns_it_off() {
         let (c, warnings) = load_ok(&[(var::PROJECTION_COALESCE, "10s")]);
         assert_eq!(c.projection_coalesce, PROJECTION_COALESCE_MAX);
         assert!(warnings.is_empty(), "{warnings:?}");
-        for (bad, reason) in [("11s", "above the maximum of 10s"), ("0ms", "zero")] {
+        let (c, warnings) = load_ok(&[(var::PROJECTION_COALESCE, "0")]);
+        assert_eq!(c.projection_coalesce, Duration::ZERO, "zero turns it off");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        for (bad, reason) in [("11s", "above the maximum of 10s"), ("-1s", "negative")] {
             let (c, warnings) = load_ok(&[(var::PROJECTION_COALESCE, bad)]);
             assert_eq!(c.projection_coalesce, DEFAULT_PROJECTION_COALESCE, "{bad}");
             assert_eq!(warnings.len(), 1, "{bad}: {warnings:?}");
