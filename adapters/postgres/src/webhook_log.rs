@@ -112,6 +112,8 @@ impl WebhookLogStore for PgStore {
             .fetch_all(self.pool())
             .await
             .map_err(backend)?;
+        // Cannot happen (one row per array element); the rows are committed
+        // by now, so this reports rather than hands a wrong id back.
         if ids.len() != entries.len() {
             return Err(StoreError::Backend(format!(
                 "inserting {} webhook log rows returned {} ids",

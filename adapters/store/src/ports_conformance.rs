@@ -1092,7 +1092,21 @@ pub async fn webhook_logs_batch_is_all_or_nothing<S: WebhookLogStore>(store: &S)
         event_id: None,
         ..entry(2)
     };
-    let batch = [entry(1), sparse.clone(), entry(3)];
+    // One `received_at` for all and an input sorted by no field, so only the
+    // ids (insertion order) put the stored rows back in the batch's order.
+    let first = WebhookLogEntry {
+        received_at: at(1),
+        ..entry(3)
+    };
+    let sparse = WebhookLogEntry {
+        received_at: at(1),
+        ..sparse
+    };
+    let last = WebhookLogEntry {
+        received_at: at(1),
+        ..entry(1)
+    };
+    let batch = [first.clone(), sparse.clone(), last.clone()];
     let ids = store.insert_webhook_logs(&batch).await.unwrap();
     assert_eq!(ids.len(), 3);
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
@@ -1102,7 +1116,7 @@ pub async fn webhook_logs_batch_is_all_or_nothing<S: WebhookLogStore>(store: &S)
         payload: "a\u{FFFD}b".to_owned(),
         ..sparse
     };
-    assert_eq!(stored, [entry(1), stored_sparse, entry(3)]);
+    assert_eq!(stored, [first, stored_sparse, last]);
     assert!(store.insert_webhook_logs(&[]).await.unwrap().is_empty());
     // One refused entry refuses the whole call.
     let mut bad = entry(5);
