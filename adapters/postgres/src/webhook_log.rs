@@ -17,13 +17,8 @@ use sqlx::postgres::PgRow;
 use crate::PgStore;
 use crate::error::backend;
 
-const INSERT_SQL: &str = "insert into hyperswitch_webhook_log \
-     (payload, signature_valid, processing_result, source_ip, user_agent, request_id, \
-      event_type, event_id, received_at) \
-     values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning id";
-
-/// Several rows in one statement (one round trip for a group commit's
-/// batch), inserted in the arrays' order. Identity values are drawn row by
+/// Rows in one statement (a group commit's batch in one round trip; a
+/// single row too), inserted in the arrays' order. Identity values are drawn row by
 /// row as rows are inserted, so the ids in ascending order are the rows in
 /// the arrays' order.
 const INSERT_MANY_SQL: &str = "insert into hyperswitch_webhook_log \
@@ -70,8 +65,13 @@ fn decode_entry(row: &PgRow) -> Result<WebhookLogEntry, StoreError> {
 #[async_trait]
 impl WebhookLogStore for PgStore {
     async fn insert_webhook_log(&self, entry: &WebhookLogEntry) -> Result<i64, StoreError> {
-        check_webhook_log(entry)?;
-        insert_one(entry, self.pool()).await
+        // The batch statement with one row: one column mapping for both.
+        self.insert_webhook_logs(std::slice::from_ref(entry))
+            .await?
+            .pop()
+            .ok_or_else(|| {
+                StoreError::Backend("inserting a webhook log row returned no id".to_owned())
+            })
     }
 
     async fn insert_webhook_logs(
@@ -157,23 +157,4 @@ impl WebhookLogStore for PgStore {
             .map_err(backend)?;
         rows.iter().map(decode_entry).collect()
     }
-}
-
-async fn insert_one<'c, E: sqlx::PgExecutor<'c>>(
-    entry: &WebhookLogEntry,
-    executor: E,
-) -> Result<i64, StoreError> {
-    sqlx::query_scalar(INSERT_SQL)
-        .bind(storable_text(&entry.payload).as_ref())
-        .bind(entry.signature_valid)
-        .bind(storable_text(&entry.processing_result).as_ref())
-        .bind(opt_text(entry.source_ip.as_ref()))
-        .bind(opt_text(entry.user_agent.as_ref()))
-        .bind(storable_text(&entry.request_id).as_ref())
-        .bind(opt_text(entry.event_type.as_ref()))
-        .bind(opt_text(entry.event_id.as_ref()))
-        .bind(entry.received_at)
-        .fetch_one(executor)
-        .await
-        .map_err(backend)
 }
