@@ -22,7 +22,7 @@ use ledger_projections::runtime::Projector;
 use ledger_psp::fake::{FakeHandle, FakePsp, WebhookTarget};
 use ledger_store::EventStore;
 use ledger_store::idempotency::IdempotencyStore;
-use ledger_store::webhook_log::WebhookLogStore;
+use ledger_store::webhook_log::{LoggedAppendStore, WebhookLogStore};
 use ledger_store::work::WorkStore;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
@@ -49,6 +49,8 @@ pub struct Ports {
     pub events: Arc<dyn EventStore>,
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub webhook_log: Arc<dyn WebhookLogStore>,
+    /// The event store and the webhook log in one transaction.
+    pub logged_appends: Arc<dyn LoggedAppendStore>,
     pub reads: Arc<dyn QueryStore>,
     pub read_models: Arc<dyn ledger_projections::readmodel::ReadModelStore>,
     pub work: Arc<dyn WorkStore>,
@@ -67,6 +69,7 @@ impl Ports {
                 events: Arc::new(s.clone()),
                 idempotency: Arc::new(s.clone()),
                 webhook_log: Arc::new(s.clone()),
+                logged_appends: Arc::new(s.clone()),
                 reads: Arc::new(s.clone()),
                 read_models: Arc::new(s.clone()),
                 work: Arc::new(s.clone()),
@@ -75,6 +78,7 @@ impl Ports {
                 events: Arc::new(s.clone()),
                 idempotency: Arc::new(s.clone()),
                 webhook_log: Arc::new(s.clone()),
+                logged_appends: Arc::new(s.clone()),
                 reads: Arc::new(s.clone()),
                 read_models: Arc::new(s.clone()),
                 work: Arc::new(s.clone()),
@@ -278,11 +282,15 @@ pub async fn start(
         .as_ref()
         .map(|m| Arc::new(ManagerOps::new(m.clone(), clock.clone())));
 
+    // Requests' appends share transactions (group commit); a webhook's
+    // `ok` log row commits with its append.
+    let appends = Arc::new(ledger_store::group_commit::GroupedAppends::start_logged(
+        ports.events.clone(),
+        ports.logged_appends.clone(),
+    ));
     let state = AppState(Arc::new(Inner {
-        // Requests' appends share transactions (group commit).
-        events: Arc::new(ledger_store::group_commit::GroupedAppends::start(
-            ports.events.clone(),
-        )),
+        events: appends.clone(),
+        appends,
         idempotency: ports.idempotency.clone(),
         fresh: ledger_store::group_commit::FreshCommitter::start(ports.idempotency.clone()),
         webhook_log: ports.webhook_log.clone(),

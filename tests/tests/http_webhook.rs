@@ -25,6 +25,7 @@ http_tests!(
     event_types_are_extracted_and_routed,
     duplicate_and_out_of_order_deliveries_converge,
     without_a_secret_every_delivery_is_refused,
+    a_failing_webhook_log_never_costs_the_delivery,
 );
 
 /// A pending order (placed, payment initiated) and its total.
@@ -621,4 +622,49 @@ async fn without_a_secret_every_delivery_is_refused(kind: Kind) {
         app.order_event_types(order).await,
         ["OrderPlaced", "PaymentInitiated"]
     );
+}
+
+async fn a_failing_webhook_log_never_costs_the_delivery(kind: Kind) {
+    let app = spawn_app(kind, &[]).await;
+    let (order, total) = pending_order(&app).await;
+    // From now on the log table refuses every row. A payment delivery's row
+    // normally commits with its events; refused there, the events go alone.
+    match &app.backend {
+        ledger_api::store::Backend::Postgres(s) => {
+            sqlx::raw_sql(
+                "create function refuse_log() returns trigger language plpgsql as \
+                 $$ begin raise exception 'the test refuses log rows'; end $$; \
+                 create trigger refuse_log before insert on hyperswitch_webhook_log \
+                 for each row execute function refuse_log()",
+            )
+            .execute(s.pool())
+            .await
+            .unwrap();
+        }
+        ledger_api::store::Backend::Sqlite(s) => {
+            sqlx::raw_sql(
+                "create trigger refuse_log before insert on hyperswitch_webhook_log \
+                 begin select raise(abort, 'the test refuses log rows'); end",
+            )
+            .execute(s.pool())
+            .await
+            .unwrap();
+        }
+    }
+    let body = payment_webhook(
+        &new_event_id(),
+        "payment_succeeded",
+        order,
+        "succeeded",
+        total,
+        Some(total),
+    );
+    let r = app.deliver(&body, Sig::Valid, None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!({"status": "ok"}));
+    assert_eq!(
+        app.order_event_types(order).await,
+        ["OrderPlaced", "PaymentInitiated", "PaymentSucceeded"]
+    );
+    assert_eq!(app.counts().await.webhook_log, 0);
 }

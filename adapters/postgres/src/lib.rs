@@ -77,6 +77,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use crate::append::{append_standalone, append_with, with_retries};
 use crate::error::{AttemptError, backend, backend_redacted};
 use ledger_store::recorded_now;
+use ledger_store::webhook_log::{LoggedAppendStore, WebhookLogEntry, check_webhook_log};
 
 /// Most connections one store opens. Appends hold a connection for one round
 /// trip, so a handful saturates a Postgres server's commit rate; more would
@@ -150,13 +151,16 @@ impl PgStore {
             .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))
     }
 
-    /// One attempt at an `append_many` transaction, parts run in `order`.
+    /// One attempt at an `append_many` transaction, parts run in `order`;
+    /// `logs` (webhook-log rows) are written in the same transaction, after
+    /// the parts.
     async fn append_many_once(
         &self,
         batch: &[StreamAppend],
         order: &[usize],
+        logs: &[WebhookLogEntry],
         recorded_at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<AppendResult>, AttemptError> {
+    ) -> Result<(Vec<AppendResult>, Vec<i64>), AttemptError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         let mut results: Vec<Option<AppendResult>> = vec![None; batch.len()];
         for &i in order {
@@ -178,10 +182,63 @@ impl PgStore {
                 }
             }
         }
+        let ids = match webhook_log::insert_logs_with(&mut *tx, logs).await {
+            Ok(ids) => ids,
+            Err(err) => {
+                let _ = tx.rollback().await;
+                return Err(AttemptError::Failed(err));
+            }
+        };
         tx.commit().await.map_err(backend)?;
         let results = results.into_iter().collect::<Option<Vec<_>>>();
-        Ok(results
-            .ok_or_else(|| StoreError::Backend("append_many lost a part's result".to_owned()))?)
+        Ok((
+            results.ok_or_else(|| {
+                StoreError::Backend("append_many lost a part's result".to_owned())
+            })?,
+            ids,
+        ))
+    }
+
+    /// `append_many` with webhook-log rows in the same transaction (see
+    /// [`LoggedAppendStore`]).
+    async fn append_many_and_log(
+        &self,
+        batch: &[StreamAppend],
+        logs: &[WebhookLogEntry],
+    ) -> Result<(Vec<AppendResult>, Vec<i64>), StoreError> {
+        validate_batch(batch)?;
+        for entry in logs {
+            check_webhook_log(entry)?;
+        }
+        let recorded_at = recorded_now();
+        if let ([part], []) = (batch, logs) {
+            // One statement is already atomic: skip begin/commit.
+            let result = append_standalone(
+                &self.pool,
+                &part.stream,
+                part.expected,
+                &part.events,
+                recorded_at,
+            )
+            .await?;
+            return Ok((vec![result], Vec::new()));
+        }
+        // Lock streams in one global order so two batches touching the same
+        // streams queue instead of deadlocking.
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by(|a, b| batch[*a].stream.cmp(&batch[*b].stream));
+        with_retries(|| self.append_many_once(batch, &order, logs, recorded_at)).await
+    }
+}
+
+#[async_trait]
+impl LoggedAppendStore for PgStore {
+    async fn append_many_logged(
+        &self,
+        batch: &[StreamAppend],
+        entries: &[WebhookLogEntry],
+    ) -> Result<(Vec<AppendResult>, Vec<i64>), StoreError> {
+        self.append_many_and_log(batch, entries).await
     }
 }
 
@@ -251,25 +308,7 @@ impl EventStore for PgStore {
     }
 
     async fn append_many(&self, batch: &[StreamAppend]) -> Result<Vec<AppendResult>, StoreError> {
-        validate_batch(batch)?;
-        let recorded_at = recorded_now();
-        if let [part] = batch {
-            // One statement is already atomic: skip begin/commit.
-            let result = append_standalone(
-                &self.pool,
-                &part.stream,
-                part.expected,
-                &part.events,
-                recorded_at,
-            )
-            .await?;
-            return Ok(vec![result]);
-        }
-        // Lock streams in one global order so two batches touching the same
-        // streams queue instead of deadlocking.
-        let mut order: Vec<usize> = (0..batch.len()).collect();
-        order.sort_by(|a, b| batch[*a].stream.cmp(&batch[*b].stream));
-        with_retries(|| self.append_many_once(batch, &order, recorded_at)).await
+        Ok(self.append_many_and_log(batch, &[]).await?.0)
     }
 
     async fn read_stream(

@@ -62,6 +62,59 @@ fn decode_entry(row: &PgRow) -> Result<WebhookLogEntry, StoreError> {
     })
 }
 
+/// Writes `entries` in one statement on `executor` (the pool, autocommit,
+/// or a transaction shared with appends); answers their ids in order. One
+/// refused entry refuses them all before the statement runs.
+pub(crate) async fn insert_logs_with<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    entries: &[WebhookLogEntry],
+) -> Result<Vec<i64>, StoreError> {
+    for entry in entries {
+        check_webhook_log(entry)?;
+    }
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let text = |f: fn(&WebhookLogEntry) -> &str| -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| storable_text(f(e)).into_owned())
+            .collect()
+    };
+    let opt = |f: fn(&WebhookLogEntry) -> Option<&String>| -> Vec<Option<String>> {
+        entries.iter().map(|e| opt_text(f(e))).collect()
+    };
+    let mut ids: Vec<i64> = sqlx::query_scalar(INSERT_MANY_SQL)
+        .bind(text(|e| &e.payload))
+        .bind(
+            entries
+                .iter()
+                .map(|e| e.signature_valid)
+                .collect::<Vec<_>>(),
+        )
+        .bind(text(|e| &e.processing_result))
+        .bind(opt(|e| e.source_ip.as_ref()))
+        .bind(opt(|e| e.user_agent.as_ref()))
+        .bind(text(|e| &e.request_id))
+        .bind(opt(|e| e.event_type.as_ref()))
+        .bind(opt(|e| e.event_id.as_ref()))
+        .bind(entries.iter().map(|e| e.received_at).collect::<Vec<_>>())
+        .fetch_all(executor)
+        .await
+        .map_err(backend)?;
+    // Cannot happen (one row per array element); reported rather than a
+    // wrong id handed back (in autocommit the rows are committed by now).
+    if ids.len() != entries.len() {
+        return Err(StoreError::Backend(format!(
+            "inserting {} webhook log rows returned {} ids",
+            entries.len(),
+            ids.len()
+        )));
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
 #[async_trait]
 impl WebhookLogStore for PgStore {
     async fn insert_webhook_log(&self, entry: &WebhookLogEntry) -> Result<i64, StoreError> {
@@ -78,51 +131,8 @@ impl WebhookLogStore for PgStore {
         &self,
         entries: &[WebhookLogEntry],
     ) -> Result<Vec<i64>, StoreError> {
-        for entry in entries {
-            check_webhook_log(entry)?;
-        }
-        if entries.is_empty() {
-            return Ok(Vec::new());
-        }
         // One statement: atomic on its own (autocommit).
-        let text = |f: fn(&WebhookLogEntry) -> &str| -> Vec<String> {
-            entries
-                .iter()
-                .map(|e| storable_text(f(e)).into_owned())
-                .collect()
-        };
-        let opt = |f: fn(&WebhookLogEntry) -> Option<&String>| -> Vec<Option<String>> {
-            entries.iter().map(|e| opt_text(f(e))).collect()
-        };
-        let mut ids: Vec<i64> = sqlx::query_scalar(INSERT_MANY_SQL)
-            .bind(text(|e| &e.payload))
-            .bind(
-                entries
-                    .iter()
-                    .map(|e| e.signature_valid)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(text(|e| &e.processing_result))
-            .bind(opt(|e| e.source_ip.as_ref()))
-            .bind(opt(|e| e.user_agent.as_ref()))
-            .bind(text(|e| &e.request_id))
-            .bind(opt(|e| e.event_type.as_ref()))
-            .bind(opt(|e| e.event_id.as_ref()))
-            .bind(entries.iter().map(|e| e.received_at).collect::<Vec<_>>())
-            .fetch_all(self.pool())
-            .await
-            .map_err(backend)?;
-        // Cannot happen (one row per array element); the rows are committed
-        // by now, so this reports rather than hands a wrong id back.
-        if ids.len() != entries.len() {
-            return Err(StoreError::Backend(format!(
-                "inserting {} webhook log rows returned {} ids",
-                entries.len(),
-                ids.len()
-            )));
-        }
-        ids.sort_unstable();
-        Ok(ids)
+        insert_logs_with(self.pool(), entries).await
     }
 
     async fn webhook_event_processed(&self, event_id: &str) -> Result<bool, StoreError> {

@@ -39,8 +39,7 @@ use async_trait::async_trait;
 use ledger_core::ids::StreamId;
 use ledger_core::{Checkpoint, ExpectedVersion, NewEvent, RecordedEvent};
 use ledger_store::{
-    AppendResult, EventStore, READ_BATCH_MAX, StoreError, StreamAppend, validate_batch,
-    validate_events,
+    AppendResult, EventStore, READ_BATCH_MAX, StoreError, StreamAppend, validate_events,
 };
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
@@ -203,25 +202,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn append_many(&self, batch: &[StreamAppend]) -> Result<Vec<AppendResult>, StoreError> {
-        validate_batch(batch)?;
-        let recorded_at = recorded_now();
-        let mut tx = self.begin_write().await?;
-        let mut results = Vec::with_capacity(batch.len());
-        for part in batch {
-            match append::append_in(
-                &mut tx,
-                &part.stream,
-                part.expected,
-                &part.events,
-                recorded_at,
-            )
-            .await
-            {
-                Ok(result) => results.push(result),
-                Err(e) => return finish(tx, Err(e)).await,
-            }
-        }
-        finish(tx, Ok(results)).await
+        Ok(self.append_many_and_log(batch, &[]).await?.0)
     }
 
     async fn read_stream(

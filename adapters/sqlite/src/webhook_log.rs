@@ -5,16 +5,16 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use ledger_store::StoreError;
 use ledger_store::webhook_log::{
-    RECENT_WEBHOOK_LOG_MAX, RESULT_OK, WebhookLogEntry, WebhookLogStore, check_webhook_log,
-    storable_text,
+    LoggedAppendStore, RECENT_WEBHOOK_LOG_MAX, RESULT_OK, WebhookLogEntry, WebhookLogStore,
+    check_webhook_log, storable_text,
 };
+use ledger_store::{AppendResult, StoreError, StreamAppend, recorded_now, validate_batch};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use crate::idempotency::micros_to_time;
-use crate::{SqliteStore, backend, finish};
+use crate::{SqliteStore, append, backend, finish};
 
 const INSERT_SQL: &str = "insert into hyperswitch_webhook_log \
      (payload, signature_valid, processing_result, source_ip, user_agent, request_id, \
@@ -49,6 +49,51 @@ fn decode_entry(row: &SqliteRow) -> Result<WebhookLogEntry, StoreError> {
         event_id: row.try_get("event_id").map_err(backend)?,
         received_at: micros_to_time(received_at, "webhook log received_at")?,
     })
+}
+
+impl SqliteStore {
+    /// `append_many` with webhook-log rows in the same `begin immediate`
+    /// transaction, after the appends (see [`LoggedAppendStore`]).
+    pub(crate) async fn append_many_and_log(
+        &self,
+        batch: &[StreamAppend],
+        entries: &[WebhookLogEntry],
+    ) -> Result<(Vec<AppendResult>, Vec<i64>), StoreError> {
+        validate_batch(batch)?;
+        for entry in entries {
+            check_webhook_log(entry)?;
+        }
+        let recorded_at = recorded_now();
+        let mut tx = self.begin_write().await?;
+        let mut results = Vec::with_capacity(batch.len());
+        for part in batch {
+            match append::append_in(
+                &mut tx,
+                &part.stream,
+                part.expected,
+                &part.events,
+                recorded_at,
+            )
+            .await
+            {
+                Ok(result) => results.push(result),
+                Err(e) => return finish(tx, Err(e)).await,
+            }
+        }
+        let outcome = insert_all(entries, &mut tx).await;
+        finish(tx, outcome.map(|ids| (results, ids))).await
+    }
+}
+
+#[async_trait]
+impl LoggedAppendStore for SqliteStore {
+    async fn append_many_logged(
+        &self,
+        batch: &[StreamAppend],
+        entries: &[WebhookLogEntry],
+    ) -> Result<(Vec<AppendResult>, Vec<i64>), StoreError> {
+        self.append_many_and_log(batch, entries).await
+    }
 }
 
 #[async_trait]

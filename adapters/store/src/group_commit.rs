@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 
 use crate::idempotency::{Fresh, FreshCommand, IdempotencyStore, check_fresh_batch};
-use crate::webhook_log::{WebhookLogEntry, WebhookLogStore, check_webhook_log};
+use crate::webhook_log::{LoggedAppendStore, WebhookLogEntry, WebhookLogStore, check_webhook_log};
 use crate::{AppendResult, EventStore, StoreError, StreamAppend, validate_events};
 
 /// Most items in one transaction: enough to amortise a commit across a busy
@@ -292,10 +292,23 @@ impl LogCommitter {
 /// version, is rewritten append by append and only that one fails). Reads
 /// and `append_many` go straight to the inner store. Same contract as the
 /// inner store: every append is atomic and answered after its commit.
+///
+/// With a [`LoggedAppendStore`] ([`GroupedAppends::start_logged`]), an
+/// append may carry a webhook-log row ([`GroupedAppends::append_logged`]):
+/// a batch holding any such row goes to
+/// [`LoggedAppendStore::append_many_logged`], so each row commits in the
+/// same transaction as its append, and only if the append does.
 #[derive(Clone)]
 pub struct GroupedAppends {
     inner: Arc<dyn EventStore>,
-    commit: GroupCommit<StreamAppend, Result<AppendResult, StoreError>>,
+    commit: GroupCommit<LoggedAppend, Result<(AppendResult, Option<i64>), StoreError>>,
+}
+
+/// One grouped append and the webhook-log row, if any, that commits with it.
+#[derive(Clone)]
+struct LoggedAppend {
+    append: StreamAppend,
+    log: Option<WebhookLogEntry>,
 }
 
 impl std::fmt::Debug for GroupedAppends {
@@ -305,34 +318,100 @@ impl std::fmt::Debug for GroupedAppends {
 }
 
 impl GroupedAppends {
+    /// Without a log store: [`GroupedAppends::append_logged`] refuses.
     pub fn start(inner: Arc<dyn EventStore>) -> GroupedAppends {
+        GroupedAppends::start_with(inner, None)
+    }
+
+    /// `logged` must write to the same database as `inner` (it is the same
+    /// backend, seen through its other port).
+    pub fn start_logged(
+        inner: Arc<dyn EventStore>,
+        logged: Arc<dyn LoggedAppendStore>,
+    ) -> GroupedAppends {
+        GroupedAppends::start_with(inner, Some(logged))
+    }
+
+    fn start_with(
+        inner: Arc<dyn EventStore>,
+        logged: Option<Arc<dyn LoggedAppendStore>>,
+    ) -> GroupedAppends {
         let store = Arc::clone(&inner);
-        let commit = GroupCommit::start(Arc::new(move |batch: Arc<Vec<StreamAppend>>, _now| {
+        let commit = GroupCommit::start(Arc::new(move |batch: Arc<Vec<LoggedAppend>>, _now| {
             let store = Arc::clone(&store);
-            Box::pin(async move { append_batch(&*store, &batch).await })
-                as BoxFuture<'static, Result<Vec<Result<AppendResult, StoreError>>, StoreError>>
+            let logged = logged.clone();
+            Box::pin(async move { append_batch(&*store, logged.as_deref(), &batch).await })
+                as BoxFuture<
+                    'static,
+                    Result<Vec<Result<(AppendResult, Option<i64>), StoreError>>, StoreError>,
+                >
         }));
         GroupedAppends { inner, commit }
     }
+
+    /// [`EventStore::append`] whose webhook-log row `log` commits in the
+    /// same transaction (and only if the append does); answers the row's id
+    /// too. Refused without a log store ([`GroupedAppends::start_logged`]).
+    pub async fn append_logged(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+        log: WebhookLogEntry,
+    ) -> Result<(AppendResult, i64), StoreError> {
+        check_webhook_log(&log)?;
+        let (result, id) = self.submit(stream, expected, events, Some(log)).await?;
+        let id = id.ok_or_else(|| {
+            StoreError::Backend("a logged append answered no webhook-log row id".to_owned())
+        })?;
+        Ok((result, id))
+    }
+
+    async fn submit(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+        log: Option<WebhookLogEntry>,
+    ) -> Result<(AppendResult, Option<i64>), StoreError> {
+        // Bad input fails alone, before joining a batch.
+        validate_events(events)?;
+        let item = LoggedAppend {
+            append: StreamAppend {
+                stream: stream.clone(),
+                expected,
+                events: events.to_vec(),
+            },
+            log,
+        };
+        self.commit
+            .submit_checked(item, crate::recorded_now())
+            .await?
+    }
 }
 
-/// One transaction for the first append of each stream; an append to a
-/// stream already in the batch waits for it and runs alone after it.
+/// One transaction for the first append of each stream (with the log rows
+/// of those that carry one); an append to a stream already in the batch
+/// waits for it and runs alone after it.
 async fn append_batch(
     store: &dyn EventStore,
-    batch: &[StreamAppend],
-) -> Result<Vec<Result<AppendResult, StoreError>>, StoreError> {
+    logged: Option<&dyn LoggedAppendStore>,
+    batch: &[LoggedAppend],
+) -> Result<Vec<Result<(AppendResult, Option<i64>), StoreError>>, StoreError> {
     let mut seen: HashSet<&StreamId> = HashSet::with_capacity(batch.len());
-    let first: Vec<bool> = batch.iter().map(|a| seen.insert(&a.stream)).collect();
-    let firsts: Vec<StreamAppend> = batch
+    let first: Vec<bool> = batch
+        .iter()
+        .map(|a| seen.insert(&a.append.stream))
+        .collect();
+    let firsts: Vec<&LoggedAppend> = batch
         .iter()
         .zip(&first)
         .filter(|(_, f)| **f)
-        .map(|(a, _)| a.clone())
+        .map(|(a, _)| a)
         .collect();
-    let mut written = store.append_many(&firsts).await?.into_iter();
+    let mut written = write_together(store, logged, &firsts).await?.into_iter();
     let mut answers = Vec::with_capacity(batch.len());
-    for (append, first) in batch.iter().zip(first) {
+    for (item, first) in batch.iter().zip(first) {
         if first {
             let result = written.next().ok_or_else(|| {
                 StoreError::Backend("append_many answered fewer parts than given".to_owned())
@@ -340,13 +419,57 @@ async fn append_batch(
             answers.push(Ok(result));
         } else {
             answers.push(
-                store
-                    .append(&append.stream, append.expected, &append.events)
-                    .await,
+                write_together(store, logged, &[item])
+                    .await
+                    .and_then(|mut one| {
+                        one.pop().ok_or_else(|| {
+                            StoreError::Backend("an append answered no result".to_owned())
+                        })
+                    }),
             );
         }
     }
     Ok(answers)
+}
+
+/// `items` (of distinct streams) in one transaction: through the log store
+/// when any carries a row, else plain [`EventStore::append_many`].
+async fn write_together(
+    store: &dyn EventStore,
+    logged: Option<&dyn LoggedAppendStore>,
+    items: &[&LoggedAppend],
+) -> Result<Vec<(AppendResult, Option<i64>)>, StoreError> {
+    let appends: Vec<StreamAppend> = items.iter().map(|i| i.append.clone()).collect();
+    let entries: Vec<WebhookLogEntry> = items.iter().filter_map(|i| i.log.clone()).collect();
+    if entries.is_empty() {
+        return Ok(store
+            .append_many(&appends)
+            .await?
+            .into_iter()
+            .map(|r| (r, None))
+            .collect());
+    }
+    let Some(logged) = logged else {
+        return Err(StoreError::Backend(
+            "a webhook-log row was given to appends started without a log store".to_owned(),
+        ));
+    };
+    let (results, ids) = logged.append_many_logged(&appends, &entries).await?;
+    if results.len() != items.len() || ids.len() != entries.len() {
+        return Err(StoreError::Backend(format!(
+            "a logged append of {} parts and {} rows answered {} and {}",
+            items.len(),
+            entries.len(),
+            results.len(),
+            ids.len()
+        )));
+    }
+    let mut ids = ids.into_iter();
+    Ok(items
+        .iter()
+        .zip(results)
+        .map(|(item, result)| (result, item.log.as_ref().and_then(|_| ids.next())))
+        .collect())
 }
 
 #[async_trait]
@@ -357,16 +480,7 @@ impl EventStore for GroupedAppends {
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Result<AppendResult, StoreError> {
-        // Bad input fails alone, before joining a batch.
-        validate_events(events)?;
-        let append = StreamAppend {
-            stream: stream.clone(),
-            expected,
-            events: events.to_vec(),
-        };
-        self.commit
-            .submit_checked(append, crate::recorded_now())
-            .await?
+        Ok(self.submit(stream, expected, events, None).await?.0)
     }
 
     async fn append_many(&self, batch: &[StreamAppend]) -> Result<Vec<AppendResult>, StoreError> {

@@ -39,13 +39,13 @@ use tokio::sync::Barrier;
 use ledger_core::ExpectedVersion;
 use ledger_core::ids::StreamId;
 
-use crate::EventStore;
 use crate::conformance::new_event;
-use crate::group_commit::{FreshCommitter, GROUP_MAX, LogCommitter};
+use crate::group_commit::{FreshCommitter, GROUP_MAX, GroupedAppends, LogCommitter};
 use crate::idempotency::{
     Begin, Fresh, FreshCommand, IDEMPOTENCY_KEY_MAX, IdempotencyStore, StoredResponse,
 };
-use crate::webhook_log::{WebhookLogEntry, WebhookLogStore};
+use crate::webhook_log::{LoggedAppendStore, WebhookLogEntry, WebhookLogStore};
+use crate::{EventStore, StoreError, StreamAppend};
 
 /// Tasks racing `begin` on one key.
 pub const BEGIN_RACERS: usize = 16;
@@ -90,6 +90,8 @@ macro_rules! ports_suite {
             group_commit_answers_each_request_alone,
             webhook_logs_batch_is_all_or_nothing,
             log_committer_writes_every_row_once,
+            logged_appends_commit_events_and_rows_together,
+            grouped_appends_commit_each_log_row_with_its_append,
         );
     };
     // `$store` and the `let` that binds it come from the same expansion, so
@@ -1158,4 +1160,198 @@ pub async fn log_committer_writes_every_row_once<S: WebhookLogStore + Clone + 's
     let mut bad = entry(0);
     bad.processing_result = "maybe".to_owned();
     assert!(writer.insert(bad).await.is_err());
+}
+
+fn part(name: &str, expected: ExpectedVersion) -> StreamAppend {
+    StreamAppend {
+        stream: fresh_stream(name),
+        expected,
+        events: vec![new_event("Logged", "{}")],
+    }
+}
+
+async fn request_ids_logged<S: WebhookLogStore>(store: &S) -> Vec<String> {
+    let mut ids: Vec<String> = store
+        .recent_webhook_log(1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.request_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+pub async fn logged_appends_commit_events_and_rows_together<
+    S: LoggedAppendStore + EventStore + WebhookLogStore,
+>(
+    store: &S,
+) {
+    store
+        .append(
+            &fresh_stream("held"),
+            ExpectedVersion::NoStream,
+            &[new_event("Existing", "{}")],
+        )
+        .await
+        .unwrap();
+    // Two parts, two rows: all written, ids in the rows' order.
+    let (results, ids) = store
+        .append_many_logged(
+            &[
+                part("la", ExpectedVersion::NoStream),
+                part("held", ExpectedVersion::Exact(1)),
+            ],
+            &[entry(1), entry(2)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        results.iter().map(|r| r.last_version).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(ids.len(), 2);
+    assert!(ids[0] < ids[1], "{ids:?}");
+    assert_eq!(
+        (
+            stream_len(store, "la").await,
+            stream_len(store, "held").await
+        ),
+        (1, 2)
+    );
+    assert_eq!(
+        store.recent_webhook_log(10).await.unwrap(),
+        [entry(2), entry(1)]
+    );
+    // One part and one row: the row is not lost to a single-part shortcut.
+    let (results, ids) = store
+        .append_many_logged(&[part("lb", ExpectedVersion::NoStream)], &[entry(3)])
+        .await
+        .unwrap();
+    assert_eq!((results.len(), ids.len()), (1, 1));
+    assert_eq!(stream_len(store, "lb").await, 1);
+    assert_eq!(store.recent_webhook_log(10).await.unwrap().len(), 3);
+    // A stale part: neither its batch's events nor its rows are written.
+    let stale = store
+        .append_many_logged(
+            &[
+                part("lc", ExpectedVersion::NoStream),
+                part("held", ExpectedVersion::Exact(1)),
+            ],
+            &[entry(4)],
+        )
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::WrongExpectedVersion { .. })),
+        "{stale:?}"
+    );
+    assert_eq!(stream_len(store, "lc").await, 0);
+    // A refused row: nothing is written either.
+    let mut bad = entry(5);
+    bad.processing_result = "maybe".to_owned();
+    assert!(
+        store
+            .append_many_logged(&[part("ld", ExpectedVersion::NoStream)], &[bad])
+            .await
+            .is_err()
+    );
+    assert_eq!(stream_len(store, "ld").await, 0);
+    assert_eq!(request_ids_logged(store).await, ["req-1", "req-2", "req-3"]);
+    // No rows: a plain append_many.
+    let (results, ids) = store
+        .append_many_logged(&[part("le", ExpectedVersion::NoStream)], &[])
+        .await
+        .unwrap();
+    assert_eq!((results.len(), ids.len()), (1, 0));
+    assert_eq!(stream_len(store, "le").await, 1);
+}
+
+pub async fn grouped_appends_commit_each_log_row_with_its_append<
+    S: LoggedAppendStore + EventStore + WebhookLogStore + Clone + 'static,
+>(
+    store: &S,
+) {
+    store
+        .append(
+            &fresh_stream("held"),
+            ExpectedVersion::NoStream,
+            &[new_event("Existing", "{}")],
+        )
+        .await
+        .unwrap();
+    let appends = GroupedAppends::start_logged(Arc::new(store.clone()), Arc::new(store.clone()));
+    // A crowd sharing batches: logged appends, plain ones (every third), one
+    // stale logged append, and two logged appends to one stream (the second
+    // of a batch runs alone after the first).
+    let requests = 2 * GROUP_MAX + 3;
+    let barrier = Arc::new(Barrier::new(requests));
+    let handles: Vec<_> = (0..requests)
+        .map(|i| {
+            let appends = appends.clone();
+            let barrier = barrier.clone();
+            let mut row = entry(i64::try_from(i).unwrap());
+            row.request_id = format!("crowd-{i:03}");
+            let (name, expected) = match i {
+                7 => ("held".to_owned(), ExpectedVersion::Exact(5)),
+                11 | 12 => ("twice".to_owned(), ExpectedVersion::Any),
+                _ => (format!("g-{i}"), ExpectedVersion::NoStream),
+            };
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let events = [new_event("Logged", "{}")];
+                if i % 3 == 0 {
+                    appends
+                        .append(&fresh_stream(&name), expected, &events)
+                        .await
+                        .map(|_| None)
+                } else {
+                    appends
+                        .append_logged(&fresh_stream(&name), expected, &events, row)
+                        .await
+                        .map(|(_, id)| Some(id))
+                }
+            })
+        })
+        .collect();
+    let mut wanted = Vec::new();
+    for (i, handle) in handles.into_iter().enumerate() {
+        let answer = handle.await.unwrap();
+        match i {
+            7 => assert!(
+                matches!(answer, Err(StoreError::WrongExpectedVersion { .. })),
+                "{answer:?}"
+            ),
+            _ if i % 3 == 0 => assert_eq!(answer, Ok(None), "{i}"),
+            _ => {
+                assert!(matches!(answer, Ok(Some(_))), "{i}: {answer:?}");
+                wanted.push(format!("crowd-{i:03}"));
+            }
+        }
+        if !matches!(i, 7 | 11 | 12) {
+            assert_eq!(stream_len(store, &format!("g-{i}")).await, 1, "{i}");
+        }
+    }
+    assert_eq!(
+        stream_len(store, "held").await,
+        1,
+        "the stale append wrote nothing"
+    );
+    assert_eq!(stream_len(store, "twice").await, 2);
+    // Exactly the rows of the logged appends that committed, once each.
+    assert_eq!(request_ids_logged(store).await, wanted);
+    // Without a log store a logged append is refused and writes nothing.
+    let plain = GroupedAppends::start(Arc::new(store.clone()));
+    let refused = plain
+        .append_logged(
+            &fresh_stream("unlogged"),
+            ExpectedVersion::NoStream,
+            &[new_event("Logged", "{}")],
+            entry(1),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Backend(_))),
+        "{refused:?}"
+    );
+    assert_eq!(stream_len(store, "unlogged").await, 0);
 }

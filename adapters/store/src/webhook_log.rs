@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::StoreError;
+use crate::{AppendResult, StoreError, StreamAppend};
 
 /// The delivery was processed.
 pub const RESULT_OK: &str = "ok";
@@ -73,6 +73,28 @@ pub trait WebhookLogStore: Send + Sync {
     /// For tests and the admin surface: newest first (`received_at`, then
     /// insertion order), at most [`RECENT_WEBHOOK_LOG_MAX`].
     async fn recent_webhook_log(&self, limit: u32) -> Result<Vec<WebhookLogEntry>, StoreError>;
+}
+
+/// Appends and webhook-log rows in one transaction: a delivery's events and
+/// its `ok` row commit together or not at all, for the price of one commit
+/// (the webhook handler's write, through
+/// [`GroupedAppends::append_logged`](crate::group_commit::GroupedAppends::append_logged)).
+///
+/// **Guarantees** (every backend, checked by
+/// [`ports_suite!`](crate::ports_suite)): the appends behave as
+/// [`EventStore::append_many`](crate::EventStore::append_many) (all or
+/// nothing, one stale expected version fails the call) and the rows as
+/// [`WebhookLogStore::insert_webhook_logs`]; when either part fails,
+/// neither is written.
+#[async_trait]
+pub trait LoggedAppendStore: Send + Sync {
+    /// Answers the appends' results in `batch` order and the rows' ids in
+    /// `entries` order.
+    async fn append_many_logged(
+        &self,
+        batch: &[StreamAppend],
+        entries: &[WebhookLogEntry],
+    ) -> Result<(Vec<AppendResult>, Vec<i64>), StoreError>;
 }
 
 /// `text` as every backend stores it: NUL characters (valid UTF-8, but not

@@ -106,12 +106,16 @@ impl std::fmt::Debug for WebhookKey {
 
 pub struct Inner {
     pub events: Arc<dyn EventStore>,
+    /// The same group commit as `events`, typed: a webhook's append takes
+    /// its log row along (`GroupedAppends::append_logged`).
+    pub appends: Arc<ledger_store::group_commit::GroupedAppends>,
     pub idempotency: Arc<dyn IdempotencyStore>,
     /// Group commit of new orders under new keys (on `idempotency`'s
     /// backend, which is also the event store's).
     pub fresh: ledger_store::group_commit::FreshCommitter,
     pub webhook_log: Arc<dyn WebhookLogStore>,
-    /// Group commit of webhook-log rows (on `webhook_log`).
+    /// Group commit of webhook-log rows (on `webhook_log`): every delivery
+    /// whose row did not commit with an append.
     pub log_writer: ledger_store::group_commit::LogCommitter,
     /// The read pool (`DATABASE_READ_URL` when set).
     pub reads: Arc<dyn QueryStore>,

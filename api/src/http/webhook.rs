@@ -13,23 +13,28 @@
 //!   stale statuses cannot move a stream backwards (forward-only core).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use ledger_core::ids::StreamId;
 use ledger_core::ids::{
     command_id_from_cause, order_id_from_payment_id, refund_id_from_psp_refund_id,
 };
 use ledger_core::order::{Order, OrderCommand};
 use ledger_core::refund::{Refund, RefundCommand, RefundState};
-use ledger_core::{Metadata, Source};
+use ledger_core::{Checkpoint, ExpectedVersion, Metadata, NewEvent, RecordedEvent, Source};
 use ledger_psp::webhook::{EnvelopeError, EventClass, WebhookObject};
 use ledger_psp::{event_type_best_effort, parse_envelope, verify_hyperswitch};
 use ledger_store::EventStore;
+use ledger_store::group_commit::GroupedAppends;
 use ledger_store::handle::{CommandContext, HandleError, execute};
-use ledger_store::webhook_log::WebhookLogEntry;
+use ledger_store::webhook_log::{RESULT_OK, WebhookLogEntry};
+use ledger_store::{AppendResult, StoreError, StreamAppend};
 use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::error::{ApiError, ErrorBody};
 use super::{AppState, RequestId, WEBHOOK_BODY_MAX};
@@ -149,23 +154,30 @@ pub async fn hyperswitch(State(state): State<AppState>, request: Request) -> Res
             return e.into_response();
         }
     };
-    let payload = String::from_utf8(body.to_vec()).unwrap_or_default();
-    let event_type = event_type_best_effort(&body);
-    let event_id = event_id_best_effort(&body);
-    let outcome = process(&state, &headers, &body, &request_id).await;
+    // The row as it reads if the delivery is processed; an `ok` payment
+    // delivery commits it with its events, any other outcome below.
     let entry = WebhookLogEntry {
-        payload,
-        signature_valid: !matches!(outcome, Outcome::SignatureInvalid),
-        processing_result: outcome.result_text(),
+        payload: String::from_utf8(body.to_vec()).unwrap_or_default(),
+        signature_valid: true,
+        processing_result: RESULT_OK.to_owned(),
         source_ip,
         user_agent: header_text(&headers, header::USER_AGENT),
         request_id,
-        event_type,
-        event_id: event_id.clone(),
+        event_type: event_type_best_effort(&body),
+        event_id: event_id_best_effort(&body),
         received_at,
     };
-    if let Err(e) = state.log_writer.insert(entry).await {
-        tracing::error!(error = %e, event_id = ?event_id, "could not write the webhook log row; acknowledging anyway");
+    let event_id = entry.event_id.clone();
+    let request_id = entry.request_id.clone();
+    let appends = LoggingAppends::new(state.appends.clone(), entry);
+    let outcome = process(&state, &appends, &headers, &body, &request_id).await;
+    if !appends.logged() {
+        let mut entry = appends.entry;
+        entry.signature_valid = !matches!(outcome, Outcome::SignatureInvalid);
+        entry.processing_result = outcome.result_text();
+        if let Err(e) = state.log_writer.insert(entry).await {
+            tracing::error!(error = %e, event_id = ?event_id, "could not write the webhook log row; acknowledging anyway");
+        }
     }
     state.metrics.webhook(outcome.metric());
     if matches!(outcome, Outcome::Ok) {
@@ -197,7 +209,99 @@ fn classify<R: std::error::Error + 'static>(e: HandleError<R>) -> Outcome {
     }
 }
 
-async fn process(state: &AppState, headers: &HeaderMap, body: &[u8], request_id: &str) -> Outcome {
+/// The store a payment delivery's command appends through: its append
+/// carries the delivery's `ok` log row into the same transaction (so the
+/// row exists exactly when the events committed, and costs no commit of its
+/// own). Reads, and appends after the one that took the row, are plain.
+struct LoggingAppends {
+    appends: Arc<GroupedAppends>,
+    entry: WebhookLogEntry,
+    logged: AtomicBool,
+}
+
+impl LoggingAppends {
+    fn new(appends: Arc<GroupedAppends>, entry: WebhookLogEntry) -> Self {
+        LoggingAppends {
+            appends,
+            entry,
+            logged: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the row committed with an append.
+    fn logged(&self) -> bool {
+        self.logged.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl EventStore for LoggingAppends {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult, StoreError> {
+        if self.logged() {
+            return self.appends.append(stream, expected, events).await;
+        }
+        match self
+            .appends
+            .append_logged(stream, expected, events, self.entry.clone())
+            .await
+        {
+            Ok((result, _id)) => {
+                self.logged.store(true, Ordering::SeqCst);
+                Ok(result)
+            }
+            // The log row may be what failed, and a failure to write the
+            // log must not cost the delivery: append alone (the row is then
+            // written, or its failure logged, after processing). Idempotent
+            // if the first try did commit: the same event ids come back as
+            // `already_existed`.
+            Err(StoreError::Backend(e)) => {
+                tracing::warn!(error = %e, "the append with its webhook-log row failed; appending alone");
+                self.appends.append(stream, expected, events).await
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    async fn append_many(&self, batch: &[StreamAppend]) -> Result<Vec<AppendResult>, StoreError> {
+        self.appends.append_many(batch).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        max_count: u32,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.appends
+            .read_stream(stream, from_version, max_count)
+            .await
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
+        self.appends.stream_version(stream).await
+    }
+
+    async fn read_all(
+        &self,
+        after: Checkpoint,
+        max_count: u32,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.appends.read_all(after, max_count).await
+    }
+}
+
+async fn process(
+    state: &AppState,
+    appends: &LoggingAppends,
+    headers: &HeaderMap,
+    body: &[u8],
+    request_id: &str,
+) -> Outcome {
     let Some(key) = state.settings.webhook_key.as_ref() else {
         // Fail closed: without a key no delivery can be trusted.
         return Outcome::SignatureInvalid;
@@ -240,7 +344,7 @@ async fn process(state: &AppState, headers: &HeaderMap, body: &[u8], request_id:
                 now,
             };
             let ctx = webhook_context(&envelope.event_id, "order", request_id);
-            match execute::<Order, _>(&*state.events, &order_id.stream_id(), &ctx, &command).await {
+            match execute::<Order, _>(appends, &order_id.stream_id(), &ctx, &command).await {
                 Ok(_) => Outcome::Ok,
                 Err(e) => classify(e),
             }
