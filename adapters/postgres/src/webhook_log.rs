@@ -1,6 +1,7 @@
 //! [`WebhookLogStore`] on Postgres: the `hyperswitch_webhook_log` table.
 //!
-//! Every statement is autocommit. The retention delete picks its batch with
+//! Every statement here is autocommit; `insert_logs_with` also runs inside
+//! an append's transaction (`LoggedAppendStore`). The retention delete picks its batch with
 //! `for update skip locked`, so two processes sweeping at once split the
 //! rows instead of queueing on the same ones.
 

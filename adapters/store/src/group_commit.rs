@@ -3,7 +3,8 @@
 //! ([`FreshCommitter`]: claim + new stream + response, instead of three
 //! commits each), appends to existing streams ([`GroupedAppends`], an
 //! [`EventStore`] whose single appends share
-//! [`EventStore::append_many`] transactions) and webhook-log rows
+//! [`EventStore::append_many`] transactions, or with webhook-log rows
+//! [`LoggedAppendStore::append_many_logged`] ones) and webhook-log rows
 //! ([`LogCommitter`]).
 //!
 //! **Guarantees:**

@@ -171,6 +171,14 @@ pub async fn hyperswitch(State(state): State<AppState>, request: Request) -> Res
     let request_id = entry.request_id.clone();
     let appends = LoggingAppends::new(state.appends.clone(), entry);
     let outcome = process(&state, &appends, &headers, &body, &request_id).await;
+    // Once the `ok` row committed with the append, the delivery's events are
+    // stored: whatever happened after (a failed reload), the answer is the
+    // row's.
+    let outcome = if appends.logged() {
+        Outcome::Ok
+    } else {
+        outcome
+    };
     if !appends.logged() {
         let mut entry = appends.entry;
         entry.signature_valid = !matches!(outcome, Outcome::SignatureInvalid);
@@ -210,9 +218,11 @@ fn classify<R: std::error::Error + 'static>(e: HandleError<R>) -> Outcome {
 }
 
 /// The store a payment delivery's command appends through: its append
-/// carries the delivery's `ok` log row into the same transaction (so the
-/// row exists exactly when the events committed, and costs no commit of its
-/// own). Reads, and appends after the one that took the row, are plain.
+/// carries the delivery's `ok` log row into the same transaction, so on the
+/// normal path the row commits with the events and costs no commit of its
+/// own. (A logged append answering `already_existed` commits the row with
+/// no new events; the fallback below commits the events alone.) Reads, and
+/// appends after the one that took the row, are plain.
 struct LoggingAppends {
     appends: Arc<GroupedAppends>,
     entry: WebhookLogEntry,
@@ -256,9 +266,10 @@ impl EventStore for LoggingAppends {
             }
             // The log row may be what failed, and a failure to write the
             // log must not cost the delivery: append alone (the row is then
-            // written, or its failure logged, after processing). Idempotent
-            // if the first try did commit: the same event ids come back as
-            // `already_existed`.
+            // written, or its failure logged, after processing). For the
+            // events this is idempotent if the first try did commit and only
+            // its answer was lost (the same ids come back as
+            // `already_existed`); the row is then written a second time.
             Err(StoreError::Backend(e)) => {
                 tracing::warn!(error = %e, "the append with its webhook-log row failed; appending alone");
                 self.appends.append(stream, expected, events).await
