@@ -14,6 +14,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Json;
 use axum::extract::{ConnectInfo, Request, State};
@@ -34,7 +35,6 @@ use ledger_store::handle::{CommandContext, HandleError, execute};
 use ledger_store::webhook_log::{RESULT_OK, WebhookLogEntry};
 use ledger_store::{AppendResult, StoreError, StreamAppend};
 use serde_json::json;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::error::{ApiError, ErrorBody};
 use super::{AppState, RequestId, WEBHOOK_BODY_MAX};
@@ -175,18 +175,19 @@ pub async fn hyperswitch(State(state): State<AppState>, request: Request) -> Res
     // stored: whatever happened after (a failed reload), the answer is the
     // row's.
     let outcome = if appends.logged() {
+        if !matches!(outcome, Outcome::Ok) {
+            tracing::warn!(event_id = ?event_id, after = ?outcome, "webhook applied and logged ok; a step after its append failed");
+        }
         Outcome::Ok
     } else {
-        outcome
-    };
-    if !appends.logged() {
         let mut entry = appends.entry;
         entry.signature_valid = !matches!(outcome, Outcome::SignatureInvalid);
         entry.processing_result = outcome.result_text();
         if let Err(e) = state.log_writer.insert(entry).await {
             tracing::error!(error = %e, event_id = ?event_id, "could not write the webhook log row; acknowledging anyway");
         }
-    }
+        outcome
+    };
     state.metrics.webhook(outcome.metric());
     if matches!(outcome, Outcome::Ok) {
         state.wake.notify_one();
