@@ -182,7 +182,7 @@ impl PgStore {
                 }
             }
         }
-        let ids = match webhook_log::insert_logs_with(&mut *tx, logs).await {
+        let ids = match webhook_log::insert_logs_with(&mut tx, logs).await {
             Ok(ids) => ids,
             Err(err) => {
                 let _ = tx.rollback().await;

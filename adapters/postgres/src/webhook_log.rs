@@ -1,8 +1,8 @@
 //! [`WebhookLogStore`] on Postgres: the `hyperswitch_webhook_log` table.
 //!
 //! Every statement here is autocommit; `insert_logs_with` also runs inside
-//! an append's transaction (`LoggedAppendStore`). The retention delete picks its batch with
-//! `for update skip locked`, so two processes sweeping at once split the
+//! an append's transaction (`LoggedAppendStore`). The retention delete
+//! picks its batch with `for update skip locked`, so two processes sweeping at once split the
 //! rows instead of queueing on the same ones.
 
 use async_trait::async_trait;
@@ -12,8 +12,11 @@ use ledger_store::webhook_log::{
     RECENT_WEBHOOK_LOG_MAX, RESULT_OK, WebhookLogEntry, WebhookLogStore, check_webhook_log,
     storable_text,
 };
+use std::collections::{HashMap, HashSet};
+
 use sqlx::Row;
 use sqlx::postgres::PgRow;
+use uuid::Uuid;
 
 use crate::PgStore;
 use crate::error::backend;
@@ -24,15 +27,20 @@ use crate::error::backend;
 /// the arrays' order.
 const INSERT_MANY_SQL: &str = "insert into hyperswitch_webhook_log \
      (payload, signature_valid, processing_result, source_ip, user_agent, request_id, \
-      event_type, event_id, received_at) \
+      event_type, event_id, received_at, delivery_id) \
      select payload, signature_valid, processing_result, source_ip, user_agent, request_id, \
-            event_type, event_id, received_at \
+            event_type, event_id, received_at, delivery_id \
      from unnest($1::text[], $2::boolean[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                 $7::text[], $8::text[], $9::timestamptz[]) with ordinality \
+                 $7::text[], $8::text[], $9::timestamptz[], $10::uuid[]) with ordinality \
           as e (payload, signature_valid, processing_result, source_ip, user_agent, request_id, \
-                event_type, event_id, received_at, n) \
+                event_type, event_id, received_at, delivery_id, n) \
      order by n \
-     returning id";
+     on conflict (delivery_id) do nothing \
+     returning id, delivery_id";
+
+/// The stored rows of delivery ids an insert skipped (already written).
+const IDS_OF_DELIVERIES_SQL: &str = "select delivery_id, id from hyperswitch_webhook_log \
+     where delivery_id = any($1::uuid[])";
 
 const PROCESSED_SQL: &str = "select exists (select 1 from hyperswitch_webhook_log \
      where event_id = $1 and processing_result = $2)";
@@ -42,7 +50,7 @@ const DELETE_BEFORE_SQL: &str = "delete from hyperswitch_webhook_log where id in
          order by received_at, id limit $2 for update skip locked)";
 
 const RECENT_SQL: &str = "select payload, signature_valid, processing_result, source_ip, \
-            user_agent, request_id, event_type, event_id, received_at \
+            user_agent, request_id, event_type, event_id, received_at, delivery_id \
      from hyperswitch_webhook_log order by received_at desc, id desc limit $1";
 
 fn opt_text(value: Option<&String>) -> Option<String> {
@@ -60,14 +68,15 @@ fn decode_entry(row: &PgRow) -> Result<WebhookLogEntry, StoreError> {
         event_type: row.try_get("event_type").map_err(backend)?,
         event_id: row.try_get("event_id").map_err(backend)?,
         received_at: row.try_get("received_at").map_err(backend)?,
+        delivery_id: row.try_get("delivery_id").map_err(backend)?,
     })
 }
 
 /// Writes `entries` in one statement on `executor` (the pool, autocommit,
 /// or a transaction shared with appends); answers their ids in order. One
 /// refused entry refuses them all before the statement runs.
-pub(crate) async fn insert_logs_with<'e, E: sqlx::PgExecutor<'e>>(
-    executor: E,
+pub(crate) async fn insert_logs_with(
+    conn: &mut sqlx::PgConnection,
     entries: &[WebhookLogEntry],
 ) -> Result<Vec<i64>, StoreError> {
     for entry in entries {
@@ -85,7 +94,7 @@ pub(crate) async fn insert_logs_with<'e, E: sqlx::PgExecutor<'e>>(
     let opt = |f: fn(&WebhookLogEntry) -> Option<&String>| -> Vec<Option<String>> {
         entries.iter().map(|e| opt_text(f(e))).collect()
     };
-    let mut ids: Vec<i64> = sqlx::query_scalar(INSERT_MANY_SQL)
+    let inserted: Vec<(i64, Option<Uuid>)> = sqlx::query_as(INSERT_MANY_SQL)
         .bind(text(|e| &e.payload))
         .bind(
             entries
@@ -100,20 +109,62 @@ pub(crate) async fn insert_logs_with<'e, E: sqlx::PgExecutor<'e>>(
         .bind(opt(|e| e.event_type.as_ref()))
         .bind(opt(|e| e.event_id.as_ref()))
         .bind(entries.iter().map(|e| e.received_at).collect::<Vec<_>>())
-        .fetch_all(executor)
+        .bind(entries.iter().map(|e| e.delivery_id).collect::<Vec<_>>())
+        .fetch_all(&mut *conn)
         .await
         .map_err(backend)?;
-    // Cannot happen (one row per array element); reported rather than a
-    // wrong id handed back (in autocommit the rows are committed by now).
-    if ids.len() != entries.len() {
-        return Err(StoreError::Backend(format!(
-            "inserting {} webhook log rows returned {} ids",
-            entries.len(),
-            ids.len()
-        )));
+    // Identity values are drawn as rows are inserted, in the arrays' order:
+    // ascending, the ids are the inserted entries in order.
+    let written: HashSet<Uuid> = inserted.iter().filter_map(|(_, d)| *d).collect();
+    let mut new_ids: Vec<i64> = inserted.iter().map(|(id, _)| *id).collect();
+    new_ids.sort_unstable();
+    let skipped: Vec<Uuid> = entries
+        .iter()
+        .filter_map(|e| e.delivery_id)
+        .filter(|d| !written.contains(d))
+        .collect();
+    // Only after a retried write: the rows a lost answer left behind.
+    let stored: HashMap<Uuid, i64> = if skipped.is_empty() {
+        HashMap::new()
+    } else {
+        sqlx::query_as::<_, (Uuid, i64)>(IDS_OF_DELIVERIES_SQL)
+            .bind(&skipped)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(backend)?
+            .into_iter()
+            .collect()
+    };
+    let mut new_ids = new_ids.into_iter();
+    let mut written_once: HashSet<Uuid> = HashSet::new();
+    let mut ids = Vec::with_capacity(entries.len());
+    for e in entries {
+        let id = match e.delivery_id {
+            // The first entry of a delivery id in the batch was inserted; a
+            // repeat of it in the same batch was skipped.
+            Some(d) if written.contains(&d) && written_once.insert(d) => new_ids.next(),
+            Some(d) if written.contains(&d) => ids_of(&inserted, d),
+            Some(d) => stored.get(&d).copied(),
+            None => new_ids.next(),
+        };
+        // Cannot happen (every entry was inserted or found); reported
+        // rather than a wrong id handed back.
+        ids.push(id.ok_or_else(|| {
+            StoreError::Backend(format!(
+                "writing {} webhook log rows: no id for one of them",
+                entries.len()
+            ))
+        })?);
     }
-    ids.sort_unstable();
     Ok(ids)
+}
+
+/// The id the insert returned for delivery `d`.
+fn ids_of(inserted: &[(i64, Option<Uuid>)], d: Uuid) -> Option<i64> {
+    inserted
+        .iter()
+        .find(|(_, delivery)| *delivery == Some(d))
+        .map(|(id, _)| *id)
 }
 
 #[async_trait]
@@ -133,7 +184,10 @@ impl WebhookLogStore for PgStore {
         entries: &[WebhookLogEntry],
     ) -> Result<Vec<i64>, StoreError> {
         // One statement: atomic on its own (autocommit).
-        insert_logs_with(self.pool(), entries).await
+        // Autocommit: the insert is one statement (a retried write's
+        // lookup of its earlier rows reads committed rows).
+        let mut conn = self.pool().acquire().await.map_err(backend)?;
+        insert_logs_with(&mut conn, entries).await
     }
 
     async fn webhook_event_processed(&self, event_id: &str) -> Result<bool, StoreError> {

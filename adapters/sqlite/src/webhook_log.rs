@@ -18,8 +18,12 @@ use crate::{SqliteStore, append, backend, finish};
 
 const INSERT_SQL: &str = "insert into hyperswitch_webhook_log \
      (payload, signature_valid, processing_result, source_ip, user_agent, request_id, \
-      event_type, event_id, received_at) \
-     values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) returning id";
+      event_type, event_id, received_at, delivery_id) \
+     values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+     on conflict (delivery_id) do nothing returning id";
+
+/// The stored row of a delivery an insert skipped (already written).
+const ID_OF_DELIVERY_SQL: &str = "select id from hyperswitch_webhook_log where delivery_id = ?1";
 
 const PROCESSED_SQL: &str = "select exists (select 1 from hyperswitch_webhook_log \
      where event_id = ?1 and processing_result = ?2)";
@@ -29,7 +33,7 @@ const DELETE_BEFORE_SQL: &str = "delete from hyperswitch_webhook_log where id in
          order by received_at, id limit ?2)";
 
 const RECENT_SQL: &str = "select payload, signature_valid, processing_result, source_ip, \
-            user_agent, request_id, event_type, event_id, received_at \
+            user_agent, request_id, event_type, event_id, received_at, delivery_id \
      from hyperswitch_webhook_log order by received_at desc, id desc limit ?1";
 
 fn opt_text(value: Option<&String>) -> Option<String> {
@@ -48,6 +52,15 @@ fn decode_entry(row: &SqliteRow) -> Result<WebhookLogEntry, StoreError> {
         event_type: row.try_get("event_type").map_err(backend)?,
         event_id: row.try_get("event_id").map_err(backend)?,
         received_at: micros_to_time(received_at, "webhook log received_at")?,
+        delivery_id: row
+            .try_get::<Option<String>, _>("delivery_id")
+            .map_err(backend)?
+            .map(|d| {
+                uuid::Uuid::parse_str(&d).map_err(|e| {
+                    StoreError::Backend(format!("webhook log delivery_id {d:?} is not a UUID: {e}"))
+                })
+            })
+            .transpose()?,
     })
 }
 
@@ -167,7 +180,8 @@ async fn insert_one(
     entry: &WebhookLogEntry,
     tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
 ) -> Result<i64, StoreError> {
-    sqlx::query_scalar(INSERT_SQL)
+    let delivery = entry.delivery_id.map(|d| d.to_string());
+    let inserted: Option<i64> = sqlx::query_scalar(INSERT_SQL)
         .bind(storable_text(&entry.payload).as_ref())
         .bind(entry.signature_valid)
         .bind(storable_text(&entry.processing_result).as_ref())
@@ -177,7 +191,20 @@ async fn insert_one(
         .bind(opt_text(entry.event_type.as_ref()))
         .bind(opt_text(entry.event_id.as_ref()))
         .bind(entry.received_at.timestamp_micros())
-        .fetch_one(&mut **tx)
+        .bind(delivery.as_deref())
+        .fetch_optional(&mut **tx)
         .await
-        .map_err(backend)
+        .map_err(backend)?;
+    match (inserted, delivery) {
+        (Some(id), _) => Ok(id),
+        // Written before (a retry after a lost answer): that row's id.
+        (None, Some(delivery)) => sqlx::query_scalar(ID_OF_DELIVERY_SQL)
+            .bind(delivery)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(backend),
+        (None, None) => Err(StoreError::Backend(
+            "a webhook log row without a delivery id was not inserted".to_owned(),
+        )),
+    }
 }

@@ -92,6 +92,7 @@ macro_rules! ports_suite {
             log_committer_writes_every_row_once,
             logged_appends_commit_events_and_rows_together,
             grouped_appends_commit_each_log_row_with_its_append,
+            webhook_log_rewrite_of_a_delivery_keeps_one_row,
         );
     };
     // `$store` and the `let` that binds it come from the same expansion, so
@@ -635,7 +636,13 @@ fn entry(n: i64) -> WebhookLogEntry {
         event_type: Some("payment_succeeded".to_owned()),
         event_id: Some(format!("evt_{n}")),
         received_at: at(n),
+        delivery_id: Some(delivery(n)),
     }
+}
+
+/// A delivery id per `n`, so entries of different `n` never collide.
+fn delivery(n: i64) -> uuid::Uuid {
+    uuid::Uuid::from_u128(0xd000_0000_0000_0000 + u128::from(n.unsigned_abs()))
 }
 
 pub async fn webhook_log_every_field_round_trips<S: WebhookLogStore>(store: &S) {
@@ -650,6 +657,7 @@ pub async fn webhook_log_every_field_round_trips<S: WebhookLogStore>(store: &S) 
         event_type: None,
         event_id: None,
         received_at: at(2) + micros(123_456),
+        delivery_id: None,
     };
     let error = WebhookLogEntry {
         payload: "not json \u{1F4B8}".to_owned(),
@@ -664,9 +672,11 @@ pub async fn webhook_log_every_field_round_trips<S: WebhookLogStore>(store: &S) 
         received_at: at(4),
         ..entry(4)
     };
+    // Another delivery of entry 1's event.
     let duplicate = WebhookLogEntry {
         processing_result: "duplicate".to_owned(),
         received_at: at(5),
+        delivery_id: Some(delivery(105)),
         ..entry(1)
     };
     let written = [full, sparse, error, skipped, duplicate];
@@ -703,9 +713,11 @@ pub async fn webhook_log_processed_only_for_ok_rows<S: WebhookLogStore>(store: &
         .into_iter()
         .enumerate()
     {
+        // Deliveries of one event, each its own row.
         let e = WebhookLogEntry {
             processing_result: result.to_owned(),
             received_at: at(i as i64),
+            delivery_id: Some(delivery(100 + i as i64)),
             ..entry(1)
         };
         store.insert_webhook_log(&e).await.unwrap();
@@ -774,10 +786,12 @@ pub async fn webhook_log_recent_is_newest_first<S: WebhookLogStore>(store: &S) {
     // Two deliveries in the same microsecond: the later insert is newer.
     let tie_a = WebhookLogEntry {
         request_id: "tie-a".to_owned(),
+        delivery_id: Some(delivery(51)),
         ..entry(5)
     };
     let tie_b = WebhookLogEntry {
         request_id: "tie-b".to_owned(),
+        delivery_id: Some(delivery(52)),
         ..entry(5)
     };
     store.insert_webhook_log(&tie_a).await.unwrap();
@@ -1396,4 +1410,46 @@ pub async fn logged_append_with_a_row_refused_by_the_database_writes_nothing<
         .await
         .unwrap();
     assert_eq!(stream_len(store, "rc").await, 1);
+}
+
+pub async fn webhook_log_rewrite_of_a_delivery_keeps_one_row<
+    S: LoggedAppendStore + EventStore + WebhookLogStore,
+>(
+    store: &S,
+) {
+    // A write retried after its answer was lost (same delivery id): the
+    // stored row's id, and no second row.
+    let first = store.insert_webhook_log(&entry(1)).await.unwrap();
+    assert_eq!(store.insert_webhook_log(&entry(1)).await.unwrap(), first);
+    // In a batch, beside new rows and with one repeated inside the batch:
+    // every entry answers its delivery's row, in order.
+    let ids = store
+        .insert_webhook_logs(&[entry(2), entry(1), entry(3), entry(2)])
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 4);
+    assert_eq!(ids[1], first);
+    assert_eq!(ids[3], ids[0]);
+    assert!(first < ids[0] && ids[0] < ids[2], "{first} {ids:?}");
+    // A logged append retried whole: its events come back as already
+    // there, and its row is the one written the first time.
+    let batch = [part("retried", ExpectedVersion::NoStream)];
+    let (_, written) = store.append_many_logged(&batch, &[entry(4)]).await.unwrap();
+    let (again, rewritten) = store.append_many_logged(&batch, &[entry(4)]).await.unwrap();
+    assert!(again[0].already_existed, "{again:?}");
+    assert_eq!(rewritten, written);
+    assert_eq!(stream_len(store, "retried").await, 1);
+    assert_eq!(
+        request_ids_logged(store).await,
+        ["req-1", "req-2", "req-3", "req-4"]
+    );
+    // Without a delivery id nothing conflicts: two writes, two rows.
+    let anonymous = WebhookLogEntry {
+        delivery_id: None,
+        ..entry(5)
+    };
+    let a = store.insert_webhook_log(&anonymous).await.unwrap();
+    let b = store.insert_webhook_log(&anonymous).await.unwrap();
+    assert_ne!(a, b);
+    assert_eq!(store.recent_webhook_log(10).await.unwrap().len(), 6);
 }

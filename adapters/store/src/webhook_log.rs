@@ -49,6 +49,12 @@ pub struct WebhookLogEntry {
     pub event_type: Option<String>,
     pub event_id: Option<String>,
     pub received_at: DateTime<Utc>,
+    /// The delivery's own id (the server makes one per request). Writing an
+    /// entry whose `delivery_id` is already stored writes nothing and
+    /// answers the stored row's id, so a write retried after a lost answer
+    /// never adds a second row. `None` (rows from before the column) never
+    /// conflicts.
+    pub delivery_id: Option<uuid::Uuid>,
 }
 
 #[async_trait]
@@ -56,7 +62,9 @@ pub trait WebhookLogStore: Send + Sync {
     /// Writes one row (its final state); returns its id.
     async fn insert_webhook_log(&self, entry: &WebhookLogEntry) -> Result<i64, StoreError>;
     /// Writes several rows in one transaction (all or none), in order;
-    /// returns their ids in that order. One refused entry
+    /// returns their ids in that order (an entry whose `delivery_id` is
+    /// stored already is not written again: its id is the stored row's).
+    /// One refused entry
     /// ([`check_webhook_log`]) refuses the call before anything is written.
     async fn insert_webhook_logs(
         &self,

@@ -166,6 +166,9 @@ pub async fn hyperswitch(State(state): State<AppState>, request: Request) -> Res
         event_type: event_type_best_effort(&body),
         event_id: event_id_best_effort(&body),
         received_at,
+        // Every write of this delivery's row (a retry after a lost answer
+        // included) carries it, so the row is written once.
+        delivery_id: Some(uuid::Uuid::new_v4()),
     };
     let event_id = entry.event_id.clone();
     let request_id = entry.request_id.clone();

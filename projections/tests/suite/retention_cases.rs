@@ -78,6 +78,8 @@ fn entry(n: usize, received_at: DateTime<Utc>) -> WebhookLogEntry {
         event_type: None,
         event_id: Some(format!("evt_{n}")),
         received_at,
+        // Retention ignores it; none, so repeated `n`s stay separate rows.
+        delivery_id: None,
     }
 }
 

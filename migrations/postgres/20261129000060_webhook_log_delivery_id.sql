@@ -1,0 +1,10 @@
+-- One id per webhook delivery, made by the server when the request arrives.
+-- A write that is retried after its commit succeeded but its answer was lost
+-- (a connection dropped during COMMIT; a group commit rewriting its items
+-- one by one) finds its row by this id instead of writing a second one, so a
+-- delivery keeps exactly one row. Rows from before this column have none
+-- (nulls are distinct, so they never conflict).
+alter table hyperswitch_webhook_log add column delivery_id uuid;
+
+create unique index hyperswitch_webhook_log_delivery_id_uq
+    on hyperswitch_webhook_log (delivery_id);
