@@ -273,7 +273,8 @@ impl EventStore for LoggingAppends {
             // written, or its failure logged, after processing). For the
             // events this is idempotent if the first try did commit and only
             // its answer was lost (the same ids come back as
-            // `already_existed`); the row is then written a second time.
+            // `already_existed`), and so is the row: its later write
+            // carries the same `delivery_id` and finds the stored one.
             Err(StoreError::Backend(e)) => {
                 tracing::warn!(error = %e, "the append with its webhook-log row failed; appending alone");
                 self.appends.append(stream, expected, events).await
