@@ -12,7 +12,7 @@ use ledger_store::webhook_log::{
     RECENT_WEBHOOK_LOG_MAX, RESULT_OK, WebhookLogEntry, WebhookLogStore, check_webhook_log,
     storable_text,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use sqlx::Row;
 use sqlx::postgres::PgRow;
@@ -72,9 +72,11 @@ fn decode_entry(row: &PgRow) -> Result<WebhookLogEntry, StoreError> {
     })
 }
 
-/// Writes `entries` in one statement on `executor` (the pool, autocommit,
-/// or a transaction shared with appends); answers their ids in order. One
-/// refused entry refuses them all before the statement runs.
+/// Writes `entries` in one statement on `conn` (autocommit, or inside a
+/// transaction shared with appends); answers their ids in order, an entry
+/// whose `delivery_id` was stored already answering that row's id (a second
+/// statement looks those up). One refused entry refuses them all before the
+/// statement runs.
 pub(crate) async fn insert_logs_with(
     conn: &mut sqlx::PgConnection,
     entries: &[WebhookLogEntry],
@@ -113,58 +115,51 @@ pub(crate) async fn insert_logs_with(
         .fetch_all(&mut *conn)
         .await
         .map_err(backend)?;
-    // Identity values are drawn as rows are inserted, in the arrays' order:
-    // ascending, the ids are the inserted entries in order.
-    let written: HashSet<Uuid> = inserted.iter().filter_map(|(_, d)| *d).collect();
-    let mut new_ids: Vec<i64> = inserted.iter().map(|(id, _)| *id).collect();
-    new_ids.sort_unstable();
+    // Rows with a delivery id are matched by it. Rows without one (never
+    // skipped) take the returned ids without an id in ascending order:
+    // identity values are drawn as rows are inserted, in the arrays' order.
+    let mut by_delivery: HashMap<Uuid, i64> = HashMap::with_capacity(inserted.len());
+    let mut anonymous: Vec<i64> = Vec::new();
+    for (id, delivery) in &inserted {
+        match delivery {
+            Some(d) => {
+                by_delivery.insert(*d, *id);
+            }
+            None => anonymous.push(*id),
+        }
+    }
+    anonymous.sort_unstable();
     let skipped: Vec<Uuid> = entries
         .iter()
         .filter_map(|e| e.delivery_id)
-        .filter(|d| !written.contains(d))
+        .filter(|d| !by_delivery.contains_key(d))
         .collect();
     // Only after a retried write: the rows a lost answer left behind.
-    let stored: HashMap<Uuid, i64> = if skipped.is_empty() {
-        HashMap::new()
-    } else {
-        sqlx::query_as::<_, (Uuid, i64)>(IDS_OF_DELIVERIES_SQL)
+    if !skipped.is_empty() {
+        let stored: Vec<(Uuid, i64)> = sqlx::query_as(IDS_OF_DELIVERIES_SQL)
             .bind(&skipped)
             .fetch_all(&mut *conn)
             .await
-            .map_err(backend)?
-            .into_iter()
-            .collect()
-    };
-    let mut new_ids = new_ids.into_iter();
-    let mut written_once: HashSet<Uuid> = HashSet::new();
-    let mut ids = Vec::with_capacity(entries.len());
-    for e in entries {
-        let id = match e.delivery_id {
-            // The first entry of a delivery id in the batch was inserted; a
-            // repeat of it in the same batch was skipped.
-            Some(d) if written.contains(&d) && written_once.insert(d) => new_ids.next(),
-            Some(d) if written.contains(&d) => ids_of(&inserted, d),
-            Some(d) => stored.get(&d).copied(),
-            None => new_ids.next(),
-        };
-        // Cannot happen (every entry was inserted or found); reported
-        // rather than a wrong id handed back.
-        ids.push(id.ok_or_else(|| {
-            StoreError::Backend(format!(
-                "writing {} webhook log rows: no id for one of them",
-                entries.len()
-            ))
-        })?);
+            .map_err(backend)?;
+        by_delivery.extend(stored);
     }
-    Ok(ids)
-}
-
-/// The id the insert returned for delivery `d`.
-fn ids_of(inserted: &[(i64, Option<Uuid>)], d: Uuid) -> Option<i64> {
-    inserted
+    let mut anonymous = anonymous.into_iter();
+    let ids = entries
         .iter()
-        .find(|(_, delivery)| *delivery == Some(d))
-        .map(|(id, _)| *id)
+        .map(|e| match e.delivery_id {
+            Some(d) => by_delivery.get(&d).copied(),
+            None => anonymous.next(),
+        })
+        .collect::<Option<Vec<i64>>>();
+    // Cannot happen (every entry was inserted or found, every anonymous
+    // row answered once); reported rather than a wrong id handed back.
+    match ids {
+        Some(ids) if anonymous.next().is_none() => Ok(ids),
+        _ => Err(StoreError::Backend(format!(
+            "writing {} webhook log rows: the ids returned do not match them",
+            entries.len()
+        ))),
+    }
 }
 
 #[async_trait]
@@ -183,9 +178,8 @@ impl WebhookLogStore for PgStore {
         &self,
         entries: &[WebhookLogEntry],
     ) -> Result<Vec<i64>, StoreError> {
-        // One statement: atomic on its own (autocommit).
-        // Autocommit: the insert is one statement (a retried write's
-        // lookup of its earlier rows reads committed rows).
+        // Autocommit: the insert is one statement, atomic on its own (a
+        // retried write's lookup of its earlier rows reads committed rows).
         let mut conn = self.pool().acquire().await.map_err(backend)?;
         insert_logs_with(&mut conn, entries).await
     }
