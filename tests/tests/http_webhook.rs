@@ -631,24 +631,16 @@ async fn a_failing_webhook_log_never_costs_the_delivery(kind: Kind) {
     // normally commits with its events; refused there, the events go alone.
     match &app.backend {
         ledger_api::store::Backend::Postgres(s) => {
-            sqlx::raw_sql(
-                "create function refuse_log() returns trigger language plpgsql as \
-                 $$ begin raise exception 'the test refuses log rows'; end $$; \
-                 create trigger refuse_log before insert on hyperswitch_webhook_log \
-                 for each row execute function refuse_log()",
-            )
-            .execute(s.pool())
-            .await
-            .unwrap();
+            sqlx::raw_sql(ledger_postgres::REFUSE_WEBHOOK_LOG_ROWS_SQL)
+                .execute(s.pool())
+                .await
+                .unwrap();
         }
         ledger_api::store::Backend::Sqlite(s) => {
-            sqlx::raw_sql(
-                "create trigger refuse_log before insert on hyperswitch_webhook_log \
-                 begin select raise(abort, 'the test refuses log rows'); end",
-            )
-            .execute(s.pool())
-            .await
-            .unwrap();
+            sqlx::raw_sql(ledger_sqlite::REFUSE_WEBHOOK_LOG_ROWS_SQL)
+                .execute(s.pool())
+                .await
+                .unwrap();
         }
     }
     let body = payment_webhook(

@@ -69,15 +69,23 @@ use async_trait::async_trait;
 use ledger_core::ids::StreamId;
 use ledger_core::{Checkpoint, ExpectedVersion, NewEvent, RecordedEvent};
 use ledger_store::{
-    AppendResult, EventStore, READ_BATCH_MAX, StoreError, StreamAppend, validate_batch,
-    validate_events,
+    AppendResult, EventStore, READ_BATCH_MAX, StoreError, StreamAppend, validate_events,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::append::{append_standalone, append_with, with_retries};
 use crate::error::{AttemptError, backend, backend_redacted};
 use ledger_store::recorded_now;
-use ledger_store::webhook_log::{LoggedAppendStore, WebhookLogEntry, check_webhook_log};
+use ledger_store::webhook_log::{LoggedAppendStore, WebhookLogEntry, check_logged_append};
+
+/// Tests only: makes the database refuse every `hyperswitch_webhook_log`
+/// row (a trigger), for the cases that show a failing log row costs nothing
+/// it must not.
+#[doc(hidden)]
+pub const REFUSE_WEBHOOK_LOG_ROWS_SQL: &str = "create function refuse_log() returns trigger language plpgsql as \
+     $$ begin raise exception 'the test refuses log rows'; end $$; \
+     create trigger refuse_log before insert on hyperswitch_webhook_log \
+     for each row execute function refuse_log()";
 
 /// Most connections one store opens. Appends hold a connection for one round
 /// trip, so a handful saturates a Postgres server's commit rate; more would
@@ -206,10 +214,7 @@ impl PgStore {
         batch: &[StreamAppend],
         logs: &[WebhookLogEntry],
     ) -> Result<(Vec<AppendResult>, Vec<i64>), StoreError> {
-        validate_batch(batch)?;
-        for entry in logs {
-            check_webhook_log(entry)?;
-        }
+        check_logged_append(batch, logs)?;
         let recorded_at = recorded_now();
         if let ([part], []) = (batch, logs) {
             // One statement is already atomic: skip begin/commit.

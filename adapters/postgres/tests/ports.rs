@@ -24,14 +24,9 @@ mod retention {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logged_append_whose_row_the_database_refuses_writes_nothing() {
     let store = fresh_store().await;
-    sqlx::raw_sql(
-        "create function refuse_log() returns trigger language plpgsql as \
-             $$ begin raise exception 'the test refuses log rows'; end $$; \
-             create trigger refuse_log before insert on hyperswitch_webhook_log \
-             for each row execute function refuse_log()",
-    )
-    .execute(store.pool())
-    .await
-    .unwrap();
+    sqlx::raw_sql(ledger_postgres::REFUSE_WEBHOOK_LOG_ROWS_SQL)
+        .execute(store.pool())
+        .await
+        .unwrap();
     ledger_store::ports_conformance::logged_append_with_a_row_refused_by_the_database_writes_nothing(&store).await;
 }

@@ -47,6 +47,13 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
+/// Tests only: makes the database refuse every `hyperswitch_webhook_log`
+/// row (a trigger), for the cases that show a failing log row costs nothing
+/// it must not.
+#[doc(hidden)]
+pub const REFUSE_WEBHOOK_LOG_ROWS_SQL: &str = "create trigger refuse_log before insert on hyperswitch_webhook_log \
+     begin select raise(abort, 'the test refuses log rows'); end";
+
 /// How long a write waits for another process's write lock before failing
 /// with a (transient) backend error. Appends hold the lock for milliseconds;
 /// seconds of waiting means something is stuck, not busy.

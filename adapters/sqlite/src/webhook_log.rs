@@ -7,9 +7,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ledger_store::webhook_log::{
     LoggedAppendStore, RECENT_WEBHOOK_LOG_MAX, RESULT_OK, WebhookLogEntry, WebhookLogStore,
-    check_webhook_log, storable_text,
+    check_logged_append, check_webhook_log, storable_text,
 };
-use ledger_store::{AppendResult, StoreError, StreamAppend, recorded_now, validate_batch};
+use ledger_store::{AppendResult, StoreError, StreamAppend, recorded_now};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
@@ -72,10 +72,7 @@ impl SqliteStore {
         batch: &[StreamAppend],
         entries: &[WebhookLogEntry],
     ) -> Result<(Vec<AppendResult>, Vec<i64>), StoreError> {
-        validate_batch(batch)?;
-        for entry in entries {
-            check_webhook_log(entry)?;
-        }
+        check_logged_append(batch, entries)?;
         let recorded_at = recorded_now();
         let mut tx = self.begin_write().await?;
         let mut results = Vec::with_capacity(batch.len());

@@ -1184,6 +1184,18 @@ fn part(name: &str, expected: ExpectedVersion) -> StreamAppend {
     }
 }
 
+/// The stream `held`, at version 1.
+async fn held_stream<S: EventStore>(store: &S) {
+    store
+        .append(
+            &fresh_stream("held"),
+            ExpectedVersion::NoStream,
+            &[new_event("Existing", "{}")],
+        )
+        .await
+        .unwrap();
+}
+
 async fn request_ids_logged<S: WebhookLogStore>(store: &S) -> Vec<String> {
     let mut ids: Vec<String> = store
         .recent_webhook_log(1_000)
@@ -1201,14 +1213,7 @@ pub async fn logged_appends_commit_events_and_rows_together<
 >(
     store: &S,
 ) {
-    store
-        .append(
-            &fresh_stream("held"),
-            ExpectedVersion::NoStream,
-            &[new_event("Existing", "{}")],
-        )
-        .await
-        .unwrap();
+    held_stream(store).await;
     // Two parts, two rows: all written, ids in the rows' order.
     let (results, ids) = store
         .append_many_logged(
@@ -1285,14 +1290,7 @@ pub async fn grouped_appends_commit_each_log_row_with_its_append<
 >(
     store: &S,
 ) {
-    store
-        .append(
-            &fresh_stream("held"),
-            ExpectedVersion::NoStream,
-            &[new_event("Existing", "{}")],
-        )
-        .await
-        .unwrap();
+    held_stream(store).await;
     let appends = GroupedAppends::start_logged(Arc::new(store.clone()), Arc::new(store.clone()));
     // A crowd sharing batches: logged appends, plain ones (every third), one
     // stale logged append, and two logged appends to one stream (the second

@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::{AppendResult, StoreError, StreamAppend};
+use crate::{AppendResult, StoreError, StreamAppend, validate_batch};
 
 /// The delivery was processed.
 pub const RESULT_OK: &str = "ok";
@@ -103,6 +103,16 @@ pub trait LoggedAppendStore: Send + Sync {
         batch: &[StreamAppend],
         entries: &[WebhookLogEntry],
     ) -> Result<(Vec<AppendResult>, Vec<i64>), StoreError>;
+}
+
+/// Refuses a [`LoggedAppendStore::append_many_logged`] call whose appends or
+/// rows a backend would refuse, before any statement runs.
+pub fn check_logged_append(
+    batch: &[StreamAppend],
+    entries: &[WebhookLogEntry],
+) -> Result<(), StoreError> {
+    validate_batch(batch)?;
+    entries.iter().try_for_each(check_webhook_log)
 }
 
 /// `text` as every backend stores it: NUL characters (valid UTF-8, but not
