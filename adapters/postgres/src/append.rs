@@ -10,6 +10,12 @@
 //! - **General** ([`APPEND_ONE_SQL`], [`APPEND_MANY_SQL`]): head probe, id
 //!   probe, expected version, the stale-xid check and the chained insert in
 //!   one statement, which inserts nothing when any check fails.
+//! - **Batches of single events** ([`APPEND_EACH_ONE_SQL`]): an
+//!   `append_many` (a group commit's transaction) whose parts are one event
+//!   each on distinct streams runs [`APPEND_ONE_SQL`]'s checks per part in
+//!   one statement, the head probe a lateral join: one round trip, one
+//!   executor start, for the whole batch instead of one per part. Any other
+//!   batch runs the general statement part by part.
 //! - **Diagnosis** ([`DIAGNOSE_SQL`]), only after a general insert wrote
 //!   nothing: the ids already in the stream and its head, which tell an
 //!   idempotent re-append, an id conflict and a wrong expected version
@@ -52,7 +58,7 @@ use chrono::{DateTime, Utc};
 use ledger_core::hash::{ContentFields, GENESIS, Hash, chain, content_digest};
 use ledger_core::ids::StreamId;
 use ledger_core::{ExpectedVersion, NewEvent};
-use ledger_store::{AppendResult, StoreError, classify_reappend, expected_holds};
+use ledger_store::{AppendResult, StoreError, StreamAppend, classify_reappend, expected_holds};
 use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgPool, PgRow};
 use uuid::Uuid;
@@ -192,6 +198,54 @@ cross join base b
 -- ascend with versions.
 order by c.ord
 returning e.stream_version, e.global_position"
+);
+
+/// One event onto each of several distinct streams, in one statement (a
+/// group commit's appends): [`APPEND_ONE_SQL`] per part, the head probe a
+/// lateral join. `$1..$9` are per-part arrays: stream, expected kind and
+/// version, id, type, schema version, payload, metadata, content digest;
+/// `$10` recorded_at. Rows are inserted in stream order, so two batches
+/// that share streams take their `event_pk` entries in one order. A part
+/// whose check fails inserts nothing and returns no row; the caller asks
+/// [`DIAGNOSE_SQL`] why.
+pub(crate) const APPEND_EACH_ONE_SQL: &str = concat!(
+    "with p as (
+    select * from unnest($1::text[], $2::text[], $3::bigint[], $4::uuid[], $5::text[],
+        $6::bigint[], $7::text[], $8::text[], $9::bytea[])
+        as p (stream_id, kind, expected, id, event_type, schema_version, payload, metadata,
+            digest)
+),
+v as (
+    select p.*, coalesce(h.stream_version, 0) as version, coalesce(h.hash, ",
+    genesis_sql!(),
+    ") as prev
+    from p
+    left join lateral (
+        select e.stream_version, e.hash, e.transaction_id
+        from event e
+        where e.stream_id = p.stream_id
+        order by e.stream_version desc
+        limit 1
+    ) h on true
+    where case
+        when h.transaction_id is null then p.kind in ('any', 'no_stream')
+        when exists (
+            select 1 from event x where x.stream_id = p.stream_id and x.event_id = p.id
+        ) then false
+        when p.kind = 'no_stream'
+            or (p.kind = 'exact' and p.expected is distinct from h.stream_version) then false
+        else h.transaction_id <= pg_current_xact_id()
+    end
+)
+insert into event as e (
+    stream_id, stream_version, event_id, event_type, schema_version,
+    payload, metadata, recorded_at, prev_hash, hash
+)
+select v.stream_id, v.version + 1, v.id, v.event_type, v.schema_version, v.payload, v.metadata,
+    $10::timestamptz, v.prev, sha256(v.prev || int8send(v.version + 1) || v.digest)
+from v
+order by v.stream_id
+returning e.stream_id, e.stream_version, e.global_position"
 );
 
 /// Why a general insert wrote nothing: for each batch id (`$2`, in order)
@@ -541,6 +595,147 @@ async fn append_columns(
         .into());
     }
     Ok(appended(stream, &rows)?)
+}
+
+/// Whether [`append_each_one`] can write `batch`: at least two parts, each
+/// one event, no stream twice (two parts of one stream would probe the same
+/// head).
+fn fits_one_statement(batch: &[StreamAppend]) -> bool {
+    if batch.len() < 2 || batch.iter().any(|p| p.events.len() != 1) {
+        return false;
+    }
+    let mut streams: Vec<&StreamId> = batch.iter().map(|p| &p.stream).collect();
+    streams.sort_unstable();
+    streams.windows(2).all(|w| w[0] != w[1])
+}
+
+/// Appends a batch that [`fits_one_statement`] with [`APPEND_EACH_ONE_SQL`]
+/// on `conn` (an open transaction): one round trip for every part that
+/// appends, and a [`diagnose`] for each part that wrote nothing. Answers in
+/// batch order. A lost race on `event_pk` aborts the transaction
+/// ([`AttemptError::Raced`]); the caller retries it whole.
+async fn append_each_one(
+    conn: &mut PgConnection,
+    batch: &[StreamAppend],
+    recorded_at: DateTime<Utc>,
+) -> Result<Vec<AppendResult>, AttemptError> {
+    let columns: Vec<Columns<'_>> = batch
+        .iter()
+        .map(|p| Columns::of(&p.stream, &p.events, recorded_at))
+        .collect();
+    let mut streams = Vec::with_capacity(batch.len());
+    let mut kinds = Vec::with_capacity(batch.len());
+    let mut expected = Vec::with_capacity(batch.len());
+    let mut ids = Vec::with_capacity(batch.len());
+    let mut types = Vec::with_capacity(batch.len());
+    let mut schema_versions = Vec::with_capacity(batch.len());
+    let mut payloads = Vec::with_capacity(batch.len());
+    let mut metadata = Vec::with_capacity(batch.len());
+    let mut digests = Vec::with_capacity(batch.len());
+    for (part, c) in batch.iter().zip(&columns) {
+        let (kind, version) = expected_params(part.expected);
+        let ([id], [event_type], [schema_version], [payload], [meta], [digest]) = (
+            &c.ids[..],
+            &c.types[..],
+            &c.schema_versions[..],
+            &c.payloads[..],
+            &c.metadata[..],
+            &c.digests[..],
+        ) else {
+            return Err(StoreError::Backend(format!(
+                "append to {}: a one-statement batch part must hold one event",
+                part.stream
+            ))
+            .into());
+        };
+        streams.push(part.stream.as_str());
+        kinds.push(kind);
+        expected.push(version);
+        ids.push(*id);
+        types.push(*event_type);
+        schema_versions.push(*schema_version);
+        payloads.push(*payload);
+        metadata.push(*meta);
+        digests.push(*digest);
+    }
+    let rows = sqlx::query(APPEND_EACH_ONE_SQL)
+        .bind(&streams)
+        .bind(&kinds)
+        .bind(&expected)
+        .bind(&ids)
+        .bind(&types)
+        .bind(&schema_versions)
+        .bind(&payloads)
+        .bind(&metadata)
+        .bind(&digests)
+        .bind(recorded_at)
+        .fetch_all(&mut *conn)
+        .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(err) => {
+            // Which part raced is not said; any part's stream names it.
+            let (stream, events) = batch
+                .first()
+                .map(|p| (&p.stream, &p.events[..]))
+                .ok_or_else(|| StoreError::Backend("an empty one-statement batch".to_owned()))?;
+            return Err(append_error(err, stream, events));
+        }
+    };
+    let mut by_stream: std::collections::HashMap<String, PgRow> =
+        std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        let stream: String = row.try_get("stream_id").map_err(backend)?;
+        if by_stream.insert(stream.clone(), row).is_some() {
+            return Err(StoreError::Backend(format!(
+                "append to {stream}: the batch insert returned two rows for one event"
+            ))
+            .into());
+        }
+    }
+    let mut results = Vec::with_capacity(batch.len());
+    for (part, c) in batch.iter().zip(&columns) {
+        results.push(match by_stream.remove(part.stream.as_str()) {
+            Some(row) => appended(&part.stream, std::slice::from_ref(&row))?,
+            None => diagnose(conn, &part.stream, part.expected, &part.events, c).await?,
+        });
+    }
+    Ok(results)
+}
+
+/// An `append_many` transaction's parts on `conn`, answered in batch
+/// order: one statement for a batch that [`fits_one_statement`], else one
+/// general statement per part, in `order` (streams sorted, so two batches
+/// lock shared streams in one order and cannot deadlock).
+pub(crate) async fn append_parts(
+    conn: &mut PgConnection,
+    batch: &[StreamAppend],
+    order: &[usize],
+    recorded_at: DateTime<Utc>,
+) -> Result<Vec<AppendResult>, AttemptError> {
+    if fits_one_statement(batch) {
+        return append_each_one(conn, batch, recorded_at).await;
+    }
+    let mut results: Vec<Option<AppendResult>> = vec![None; batch.len()];
+    for &i in order {
+        let part = batch
+            .get(i)
+            .ok_or_else(|| StoreError::Backend(format!("append_many: no part {i} in the batch")))?;
+        results[i] = Some(
+            append_with(
+                &mut *conn,
+                &part.stream,
+                part.expected,
+                &part.events,
+                recorded_at,
+            )
+            .await?,
+        );
+    }
+    results
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| StoreError::Backend("append_many lost a part's result".to_owned()).into())
 }
 
 /// A general insert wrote nothing: says why. An idempotent re-append is

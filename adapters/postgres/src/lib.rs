@@ -73,7 +73,7 @@ use ledger_store::{
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use crate::append::{append_standalone, append_with, with_retries};
+use crate::append::{append_parts, append_standalone, with_retries};
 use crate::error::{AttemptError, backend, backend_redacted};
 use ledger_store::recorded_now;
 use ledger_store::webhook_log::{LoggedAppendStore, WebhookLogEntry, check_logged_append};
@@ -170,26 +170,14 @@ impl PgStore {
         recorded_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<(Vec<AppendResult>, Vec<i64>), AttemptError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        let mut results: Vec<Option<AppendResult>> = vec![None; batch.len()];
-        for &i in order {
-            let part = &batch[i];
-            match append_with(
-                &mut *tx,
-                &part.stream,
-                part.expected,
-                &part.events,
-                recorded_at,
-            )
-            .await
-            {
-                Ok(result) => results[i] = Some(result),
-                Err(err) => {
-                    // Best effort: dropping the transaction rolls back too.
-                    let _ = tx.rollback().await;
-                    return Err(err);
-                }
+        let results = match append_parts(&mut tx, batch, order, recorded_at).await {
+            Ok(results) => results,
+            Err(err) => {
+                // Best effort: dropping the transaction rolls back too.
+                let _ = tx.rollback().await;
+                return Err(err);
             }
-        }
+        };
         let ids = match webhook_log::insert_logs_with(&mut tx, logs).await {
             Ok(ids) => ids,
             Err(err) => {
@@ -198,13 +186,7 @@ impl PgStore {
             }
         };
         tx.commit().await.map_err(backend)?;
-        let results = results.into_iter().collect::<Option<Vec<_>>>();
-        Ok((
-            results.ok_or_else(|| {
-                StoreError::Backend("append_many lost a part's result".to_owned())
-            })?,
-            ids,
-        ))
+        Ok((results, ids))
     }
 
     /// `append_many` with webhook-log rows in the same transaction (see

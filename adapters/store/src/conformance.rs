@@ -105,6 +105,7 @@ macro_rules! conformance_suite {
             same_event_id_in_another_stream_is_independent,
             append_many_writes_every_part,
             append_many_is_all_or_nothing,
+            append_many_of_single_events,
             read_stream_pages_and_missing_stream_is_empty,
             read_all_pages_return_every_event_once_in_order,
             payload_and_metadata_bytes_round_trip_exactly,
@@ -262,6 +263,54 @@ async fn append_ok<B: EventStore>(
         .append(stream, expected, events)
         .await
         .unwrap_or_else(|e| panic!("append to {stream} with {expected:?} failed: {e}"))
+}
+
+/// `(first_version, last_version, events, already_existed)` per result.
+fn shape(results: &[AppendResult]) -> Vec<(u64, u64, usize, bool)> {
+    results
+        .iter()
+        .map(|r| {
+            (
+                r.first_version,
+                r.last_version,
+                r.positions.len(),
+                r.already_existed,
+            )
+        })
+        .collect()
+}
+
+/// The run's events in the feed after `start` are exactly `expected`, each
+/// once at its position.
+async fn assert_feed_positions<B: EventStore>(
+    store: &B,
+    run: &str,
+    start: Checkpoint,
+    expected: &HashMap<EventId, u64>,
+) {
+    let feed = feed_until_sentinel(store, run, start).await;
+    let found: HashMap<EventId, u64> = feed
+        .iter()
+        .map(|e| (e.event_id, e.global_position))
+        .collect();
+    assert_eq!(feed.len(), expected.len(), "each event exactly once");
+    assert_eq!(&found, expected);
+}
+
+/// Appending `batch` again answers `already_existed` with `first`'s
+/// positions, part by part.
+async fn assert_reappends_as_before<B: EventStore>(
+    store: &B,
+    batch: &[StreamAppend],
+    first: &[AppendResult],
+) {
+    let again = store.append_many(batch).await.expect("re-append_many");
+    let reported: Vec<_> = again
+        .iter()
+        .map(|r| (r.positions.clone(), r.already_existed))
+        .collect();
+    let original: Vec<_> = first.iter().map(|r| (r.positions.clone(), true)).collect();
+    assert_eq!(reported, original);
 }
 
 async fn read_whole<B: EventStore>(store: &B, stream: &StreamId) -> Vec<RecordedEvent> {
@@ -643,19 +692,8 @@ pub async fn append_many_writes_every_part<B: ConformanceBackend>(store: &B) {
     ];
     let results = store.append_many(&batch).await.expect("append_many");
     assert_eq!(results.len(), 3);
-    let shape: Vec<_> = results
-        .iter()
-        .map(|r| {
-            (
-                r.first_version,
-                r.last_version,
-                r.positions.len(),
-                r.already_existed,
-            )
-        })
-        .collect();
     assert_eq!(
-        shape,
+        shape(&results),
         vec![(1, 2, 2, false), (1, 1, 1, false), (2, 4, 3, false)]
     );
     for r in &results {
@@ -669,25 +707,10 @@ pub async fn append_many_writes_every_part<B: ConformanceBackend>(store: &B) {
             expected_positions.insert(event.event_id, *position);
         }
     }
-    let feed = feed_until_sentinel(store, &run, start).await;
-    let found: HashMap<EventId, u64> = feed
-        .iter()
-        .map(|e| (e.event_id, e.global_position))
-        .collect();
-    assert_eq!(feed.len(), 7, "each event exactly once");
-    assert_eq!(found, expected_positions);
+    assert_feed_positions(store, &run, start, &expected_positions).await;
 
     // Re-appending a whole batch is idempotent part by part.
-    let again = store.append_many(&batch).await.expect("re-append_many");
-    let reported: Vec<_> = again
-        .iter()
-        .map(|r| (r.positions.clone(), r.already_existed))
-        .collect();
-    let original: Vec<_> = results
-        .iter()
-        .map(|r| (r.positions.clone(), true))
-        .collect();
-    assert_eq!(reported, original);
+    assert_reappends_as_before(store, &batch, &results).await;
     assert_eq!(store.stream_version(&c).await, Ok(Some(4)));
 }
 
@@ -777,6 +800,118 @@ pub async fn append_many_is_all_or_nothing<B: ConformanceBackend>(store: &B) {
         ids(&stored)
     );
     assert!(feed.iter().all(|e| !rejected.contains(&e.event_id)));
+}
+
+/// A batch of one event per stream (a group commit's usual shape, which
+/// Postgres writes in one statement): every expectation kind, new and
+/// existing streams, chained hashes, an idempotent re-append, and a wrong
+/// version or an id conflict in one part writing no part.
+pub async fn append_many_of_single_events<B: ConformanceBackend>(store: &B) {
+    let run = run_id();
+    let names = ["new-no-stream", "new-any", "exact", "exists", "any"];
+    let s: Vec<StreamId> = names.iter().map(|n| stream(&run, n)).collect();
+    let start = tail_checkpoint(store).await;
+    let mut stored: HashMap<EventId, u64> = HashMap::new();
+    for existing in &s[2..] {
+        let r = append_ok(
+            store,
+            existing,
+            ExpectedVersion::NoStream,
+            &events(2, "first"),
+        )
+        .await;
+        for (e, p) in read_whole(store, existing).await.iter().zip(&r.positions) {
+            stored.insert(e.event_id, *p);
+        }
+    }
+    let expectations = [
+        ExpectedVersion::NoStream,
+        ExpectedVersion::Any,
+        ExpectedVersion::Exact(2),
+        ExpectedVersion::StreamExists,
+        ExpectedVersion::Any,
+    ];
+    let batch: Vec<StreamAppend> = s
+        .iter()
+        .zip(expectations)
+        .enumerate()
+        .map(|(i, (stream, expected))| StreamAppend {
+            stream: stream.clone(),
+            expected,
+            events: events(1, &format!("single-{i}")),
+        })
+        .collect();
+    let results = store.append_many(&batch).await.expect("append_many");
+    assert_eq!(
+        shape(&results),
+        vec![
+            (1, 1, 1, false),
+            (1, 1, 1, false),
+            (3, 3, 1, false),
+            (3, 3, 1, false),
+            (3, 3, 1, false)
+        ]
+    );
+    for (part, result) in batch.iter().zip(&results) {
+        stored.insert(part.events[0].event_id, result.positions[0]);
+        let whole = read_whole(store, &part.stream).await;
+        assert_eq!(
+            verify_stream(&part.stream, &whole),
+            Ok(()),
+            "{}",
+            part.stream
+        );
+        assert_eq!(
+            whole.last().map(|e| e.event_id),
+            Some(part.events[0].event_id)
+        );
+    }
+    assert_feed_positions(store, &run, start, &stored).await;
+
+    // The same batch again: every part already there, same positions.
+    assert_reappends_as_before(store, &batch, &results).await;
+
+    // One part's stale expectation, or a new event under a stored id with
+    // other content, fails the batch and writes none of it.
+    let fresh = stream(&run, "fresh");
+    let good = || StreamAppend {
+        stream: fresh.clone(),
+        expected: ExpectedVersion::NoStream,
+        events: events(1, "must-not-land"),
+    };
+    let stale = vec![
+        good(),
+        StreamAppend {
+            stream: s[2].clone(),
+            expected: ExpectedVersion::Exact(2),
+            events: events(1, "stale"),
+        },
+    ];
+    assert_eq!(
+        store.append_many(&stale).await,
+        Err(wrong_version(&s[2], ExpectedVersion::Exact(2), Some(3)))
+    );
+    let mut reused = batch[4].events[0].clone();
+    reused.payload = r#"{"label":"other content"}"#.to_owned();
+    let conflict = vec![
+        good(),
+        StreamAppend {
+            stream: s[4].clone(),
+            expected: ExpectedVersion::Any,
+            events: vec![reused.clone()],
+        },
+    ];
+    assert_eq!(
+        store.append_many(&conflict).await,
+        Err(StoreError::EventIdConflict {
+            stream: s[4].clone(),
+            event_id: reused.event_id,
+        })
+    );
+    assert_eq!(store.stream_version(&fresh).await, Ok(None));
+    for (stream, version) in s.iter().zip([1, 1, 3, 3, 3]) {
+        assert_eq!(store.stream_version(stream).await, Ok(Some(version)));
+    }
 }
 
 // ---------------------------------------------------------------------------
