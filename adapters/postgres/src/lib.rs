@@ -76,7 +76,10 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use crate::append::{append_parts, append_standalone, with_retries};
 use crate::error::{AttemptError, backend, backend_redacted};
 use ledger_store::recorded_now;
-use ledger_store::webhook_log::{LoggedAppendStore, WebhookLogEntry, check_logged_append};
+use ledger_store::webhook_log::{
+    LoggedAppendStore, RESULT_OK, WebhookLogEntry, check_logged_append, storable_text,
+};
+use sqlx::Row;
 
 /// Tests only: makes the database refuse every `hyperswitch_webhook_log`
 /// row (a trigger), for the cases that show a failing log row costs nothing
@@ -227,6 +230,45 @@ impl LoggedAppendStore for PgStore {
     ) -> Result<(Vec<AppendResult>, Vec<i64>), StoreError> {
         self.append_many_and_log(batch, entries).await
     }
+
+    async fn read_stream_unless_processed(
+        &self,
+        event_id: &str,
+        stream: &StreamId,
+        max_count: u32,
+    ) -> Result<Option<Vec<RecordedEvent>>, StoreError> {
+        let rows = sqlx::query(READ_STREAM_UNLESS_PROCESSED_SQL)
+            .bind(storable_text(event_id).as_ref())
+            .bind(RESULT_OK)
+            .bind(stream.as_str())
+            .bind(page_limit(max_count))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        let processed = match rows.first() {
+            Some(row) => row.try_get::<bool, _>("processed").map_err(backend)?,
+            None => {
+                return Err(StoreError::Backend(
+                    "the dedupe-and-read statement returned no row".to_owned(),
+                ));
+            }
+        };
+        if processed {
+            return Ok(None);
+        }
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            // The one row of a stream with no events carries no event.
+            if row
+                .try_get::<Option<i64>, _>("global_position")
+                .map_err(backend)?
+                .is_some()
+            {
+                events.push(row::decode_event(row)?);
+            }
+        }
+        Ok(Some(events))
+    }
 }
 
 /// `connect` knows the URL, so it can make sure no message repeats its
@@ -254,6 +296,19 @@ const READ_STREAM_SQL: &str = concat!(
     event_columns!(),
     " from event e where e.stream_id = $1 and e.stream_version >= $2 \
      order by e.stream_version limit $3"
+);
+
+/// A webhook delivery's dedupe ([`webhook_log`]'s `PROCESSED_SQL`: `$1`
+/// event id, `$2` the `ok` result) beside its stream's first page (`$3`,
+/// `$4` as [`READ_STREAM_SQL`]'s `$1`, `$3`): at least one row, `processed`
+/// on each, the event columns null when the stream has no events.
+const READ_STREAM_UNLESS_PROCESSED_SQL: &str = concat!(
+    "select d.processed, s.* from (select exists (select 1 from hyperswitch_webhook_log \
+         where event_id = $1 and processing_result = $2) as processed) d \
+     left join lateral (select ",
+    event_columns!(),
+    " from event e where e.stream_id = $3 order by e.stream_version limit $4) s on true \
+     order by s.stream_version"
 );
 
 /// Gap-safe global read. Rows of transactions still running (or younger than

@@ -5,11 +5,13 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use ledger_core::RecordedEvent;
+use ledger_core::ids::StreamId;
 use ledger_store::webhook_log::{
     LoggedAppendStore, RECENT_WEBHOOK_LOG_MAX, RESULT_OK, WebhookLogEntry, WebhookLogStore,
     check_logged_append, check_webhook_log, storable_text,
 };
-use ledger_store::{AppendResult, StoreError, StreamAppend, recorded_now};
+use ledger_store::{AppendResult, EventStore, StoreError, StreamAppend, recorded_now};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
@@ -103,6 +105,19 @@ impl LoggedAppendStore for SqliteStore {
         entries: &[WebhookLogEntry],
     ) -> Result<(Vec<AppendResult>, Vec<i64>), StoreError> {
         self.append_many_and_log(batch, entries).await
+    }
+
+    /// Two statements: a round trip to the connection's thread is cheap.
+    async fn read_stream_unless_processed(
+        &self,
+        event_id: &str,
+        stream: &StreamId,
+        max_count: u32,
+    ) -> Result<Option<Vec<RecordedEvent>>, StoreError> {
+        if self.webhook_event_processed(event_id).await? {
+            return Ok(None);
+        }
+        self.read_stream(stream, 1, max_count).await.map(Some)
     }
 }
 

@@ -302,6 +302,7 @@ impl LogCommitter {
 #[derive(Clone)]
 pub struct GroupedAppends {
     inner: Arc<dyn EventStore>,
+    logged: Option<Arc<dyn LoggedAppendStore>>,
     commit: GroupCommit<LoggedAppend, Result<(AppendResult, Option<i64>), StoreError>>,
 }
 
@@ -338,16 +339,39 @@ impl GroupedAppends {
         logged: Option<Arc<dyn LoggedAppendStore>>,
     ) -> GroupedAppends {
         let store = Arc::clone(&inner);
+        let log_store = logged.clone();
         let commit = GroupCommit::start(Arc::new(move |batch: Arc<Vec<LoggedAppend>>, _now| {
             let store = Arc::clone(&store);
-            let logged = logged.clone();
+            let logged = log_store.clone();
             Box::pin(async move { append_batch(&*store, logged.as_deref(), &batch).await })
                 as BoxFuture<
                     'static,
                     Result<Vec<Result<(AppendResult, Option<i64>), StoreError>>, StoreError>,
                 >
         }));
-        GroupedAppends { inner, commit }
+        GroupedAppends {
+            inner,
+            logged,
+            commit,
+        }
+    }
+
+    /// [`LoggedAppendStore::read_stream_unless_processed`] on the log
+    /// store. Refused without one ([`GroupedAppends::start_logged`]).
+    pub async fn read_stream_unless_processed(
+        &self,
+        event_id: &str,
+        stream: &StreamId,
+        max_count: u32,
+    ) -> Result<Option<Vec<RecordedEvent>>, StoreError> {
+        let Some(logged) = &self.logged else {
+            return Err(StoreError::Backend(
+                "these grouped appends have no webhook-log store".to_owned(),
+            ));
+        };
+        logged
+            .read_stream_unless_processed(event_id, stream, max_count)
+            .await
     }
 
     /// [`EventStore::append`] whose webhook-log row `log` commits in the

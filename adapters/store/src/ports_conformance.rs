@@ -36,8 +36,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::Barrier;
 
-use ledger_core::ExpectedVersion;
 use ledger_core::ids::StreamId;
+use ledger_core::{ExpectedVersion, NewEvent};
 
 use crate::conformance::new_event;
 use crate::group_commit::{FreshCommitter, GROUP_MAX, GroupedAppends, LogCommitter};
@@ -93,6 +93,7 @@ macro_rules! ports_suite {
             logged_appends_commit_events_and_rows_together,
             grouped_appends_commit_each_log_row_with_its_append,
             webhook_log_rewrite_of_a_delivery_keeps_one_row,
+            read_stream_unless_processed_is_dedupe_then_read,
         );
     };
     // `$store` and the `let` that binds it come from the same expansion, so
@@ -1283,6 +1284,60 @@ pub async fn logged_appends_commit_events_and_rows_together<
         .unwrap();
     assert_eq!((results.len(), ids.len()), (1, 0));
     assert_eq!(stream_len(store, "le").await, 1);
+}
+
+/// [`LoggedAppendStore::read_stream_unless_processed`] answers as
+/// `webhook_event_processed` then `read_stream(stream, 1, max)`: the page
+/// is `read_stream`'s (a missing stream's is empty, `max` holds), and only
+/// an `ok` row of that very event id makes it `None`.
+pub async fn read_stream_unless_processed_is_dedupe_then_read<
+    S: LoggedAppendStore + EventStore + WebhookLogStore,
+>(
+    store: &S,
+) {
+    let s = fresh_stream("dedupe-read");
+    let missing = fresh_stream("dedupe-missing");
+    let read = |event_id: &'static str, stream: &StreamId, max: u32| {
+        let stream = stream.clone();
+        async move {
+            store
+                .read_stream_unless_processed(event_id, &stream, max)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(read("evt_1", &s, 100).await, Some(vec![]));
+    let events: Vec<NewEvent> = (0..3)
+        .map(|i| new_event("Logged", format!(r#"{{"i":{i}}}"#)))
+        .collect();
+    store
+        .append(&s, ExpectedVersion::NoStream, &events)
+        .await
+        .unwrap();
+    let whole = store.read_stream(&s, 1, 100).await.unwrap();
+    assert_eq!(whole.len(), 3);
+    assert_eq!(read("evt_1", &s, 100).await, Some(whole.clone()));
+    assert_eq!(read("evt_1", &s, 2).await, Some(whole[..2].to_vec()));
+    // Rows of the event that did not end `ok`, and an `ok` row of another
+    // event, are no duplicate.
+    for (i, result) in ["error: boom", "signature_invalid", "skipped", "duplicate"]
+        .into_iter()
+        .enumerate()
+    {
+        let e = WebhookLogEntry {
+            processing_result: result.to_owned(),
+            delivery_id: Some(delivery(200 + i as i64)),
+            ..entry(1)
+        };
+        store.insert_webhook_log(&e).await.unwrap();
+    }
+    store.insert_webhook_log(&entry(2)).await.unwrap();
+    assert_eq!(read("evt_1", &s, 100).await, Some(whole.clone()));
+    // Its `ok` row: a duplicate, whichever stream.
+    store.insert_webhook_log(&entry(1)).await.unwrap();
+    assert_eq!(read("evt_1", &s, 100).await, None);
+    assert_eq!(read("evt_1", &missing, 100).await, None);
+    assert_eq!(read("evt_10", &s, 100).await, Some(whole));
 }
 
 pub async fn grouped_appends_commit_each_log_row_with_its_append<

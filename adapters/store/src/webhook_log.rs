@@ -18,6 +18,9 @@ use std::borrow::Cow;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use ledger_core::RecordedEvent;
+use ledger_core::ids::StreamId;
+
 use crate::{AppendResult, StoreError, StreamAppend, validate_batch};
 
 /// The delivery was processed.
@@ -103,6 +106,17 @@ pub trait LoggedAppendStore: Send + Sync {
         batch: &[StreamAppend],
         entries: &[WebhookLogEntry],
     ) -> Result<(Vec<AppendResult>, Vec<i64>), StoreError>;
+
+    /// A delivery's dedupe and its stream's load, in one round trip where
+    /// the backend allows: `None` when
+    /// [`WebhookLogStore::webhook_event_processed`] holds for `event_id`,
+    /// else `read_stream(stream, 1, max_count)`.
+    async fn read_stream_unless_processed(
+        &self,
+        event_id: &str,
+        stream: &StreamId,
+        max_count: u32,
+    ) -> Result<Option<Vec<RecordedEvent>>, StoreError>;
 }
 
 /// Refuses a [`LoggedAppendStore::append_many_logged`] call whose appends or

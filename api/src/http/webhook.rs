@@ -13,8 +13,8 @@
 //!   stale statuses cannot move a stream backwards (forward-only core).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::extract::{ConnectInfo, Request, State};
@@ -33,7 +33,7 @@ use ledger_store::EventStore;
 use ledger_store::group_commit::GroupedAppends;
 use ledger_store::handle::{CommandContext, HandleError, execute};
 use ledger_store::webhook_log::{RESULT_OK, WebhookLogEntry};
-use ledger_store::{AppendResult, StoreError, StreamAppend};
+use ledger_store::{AppendResult, READ_BATCH_MAX, StoreError, StreamAppend};
 use serde_json::json;
 
 use super::error::{ApiError, ErrorBody};
@@ -227,10 +227,16 @@ fn classify<R: std::error::Error + 'static>(e: HandleError<R>) -> Outcome {
 /// own. (A logged append answering `already_existed` commits the row with
 /// no new events; the fallback below commits the events alone.) Reads, and
 /// appends after the one that took the row, are plain.
+///
+/// Its first read of the delivery's stream may be answered from
+/// [`LoggingAppends::dedupe_and_load`], which read it in the dedupe
+/// lookup's round trip.
 struct LoggingAppends {
     appends: Arc<GroupedAppends>,
     entry: WebhookLogEntry,
     logged: AtomicBool,
+    /// The first page of a stream, read with the dedupe lookup; served once.
+    prefetched: Mutex<Option<(StreamId, Vec<RecordedEvent>)>>,
 }
 
 impl LoggingAppends {
@@ -239,6 +245,46 @@ impl LoggingAppends {
             appends,
             entry,
             logged: AtomicBool::new(false),
+            prefetched: Mutex::new(None),
+        }
+    }
+
+    /// Whether `event_id` was processed already (`ok` row); if not, the
+    /// first page of `stream` is kept for the command's load, so the
+    /// dedupe and the load cost one round trip.
+    async fn dedupe_and_load(&self, event_id: &str, stream: &StreamId) -> Result<bool, StoreError> {
+        match self
+            .appends
+            .read_stream_unless_processed(event_id, stream, READ_BATCH_MAX)
+            .await?
+        {
+            None => Ok(true),
+            Some(page) => {
+                if let Ok(mut slot) = self.prefetched.lock() {
+                    *slot = Some((stream.clone(), page));
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// The kept page, once, if it answers `read_stream(stream, from, max)`.
+    fn take_prefetched(
+        &self,
+        stream: &StreamId,
+        from: u64,
+        max: u32,
+    ) -> Option<Vec<RecordedEvent>> {
+        if from != 1 || max != READ_BATCH_MAX {
+            return None;
+        }
+        let mut slot = self.prefetched.lock().ok()?;
+        match slot.take() {
+            Some((kept, page)) if &kept == stream => Some(page),
+            other => {
+                *slot = other;
+                None
+            }
         }
     }
 
@@ -293,6 +339,9 @@ impl EventStore for LoggingAppends {
         from_version: u64,
         max_count: u32,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if let Some(page) = self.take_prefetched(stream, from_version, max_count) {
+            return Ok(page);
+        }
         self.appends
             .read_stream(stream, from_version, max_count)
             .await
@@ -333,11 +382,24 @@ async fn process(
         }
         Err(other) => return Outcome::Malformed(other.to_string()),
     };
-    match state
-        .webhook_log
-        .webhook_event_processed(&envelope.event_id)
-        .await
-    {
+    // A payment's dedupe lookup also reads its order's stream (one round
+    // trip); the command's load then starts from that page.
+    let payment_stream = match (envelope.event_type.class(), &envelope.object) {
+        (EventClass::Payment, WebhookObject::Payment(p)) => {
+            order_id_from_payment_id(p.payment_id.as_str()).map(|o| o.stream_id())
+        }
+        _ => None,
+    };
+    let processed = match &payment_stream {
+        Some(stream) => appends.dedupe_and_load(&envelope.event_id, stream).await,
+        None => {
+            state
+                .webhook_log
+                .webhook_event_processed(&envelope.event_id)
+                .await
+        }
+    };
+    match processed {
         Ok(true) => return Outcome::Duplicate,
         Ok(false) => {}
         // The core and the store dedupe too; go on.
@@ -450,6 +512,57 @@ mod tests {
             Outcome::Refused("x".repeat(900)).result_text().len(),
             "error: ".len() + RESULT_LEN_MAX
         );
+    }
+
+    /// The page read with the dedupe lookup answers the command's first
+    /// read of that stream only, and only once: a retried load (lost race)
+    /// must see the store again.
+    #[tokio::test]
+    async fn a_prefetched_page_is_served_once_for_its_stream() {
+        let store = Arc::new(ledger_store::memory::MemoryStore::new());
+        let appends = LoggingAppends::new(
+            Arc::new(GroupedAppends::start(store.clone())),
+            WebhookLogEntry {
+                payload: String::new(),
+                signature_valid: true,
+                processing_result: RESULT_OK.to_owned(),
+                source_ip: None,
+                user_agent: None,
+                request_id: "r".to_owned(),
+                event_type: None,
+                event_id: None,
+                received_at: chrono::Utc::now(),
+                delivery_id: None,
+            },
+        );
+        let (kept, other) = (
+            StreamId::new("order-kept").unwrap(),
+            StreamId::new("order-other").unwrap(),
+        );
+        let event = ledger_store::conformance::new_event("Stored", "{}");
+        store
+            .append(
+                &kept,
+                ExpectedVersion::NoStream,
+                std::slice::from_ref(&event),
+            )
+            .await
+            .unwrap();
+        // A stale page (empty) stands in for what the lookup read.
+        *appends.prefetched.lock().unwrap() = Some((kept.clone(), Vec::new()));
+        let read = |s: &StreamId, from: u64, max: u32| {
+            let s = s.clone();
+            let appends = &appends;
+            async move { appends.read_stream(&s, from, max).await.unwrap().len() }
+        };
+        // Another stream, another start or page size: the store answers and
+        // the page stays kept.
+        assert_eq!(read(&other, 1, READ_BATCH_MAX).await, 0);
+        assert_eq!(read(&kept, 2, READ_BATCH_MAX).await, 0);
+        assert_eq!(read(&kept, 1, 7).await, 1);
+        // The first full read gets the kept page, the next the store's.
+        assert_eq!(read(&kept, 1, READ_BATCH_MAX).await, 0);
+        assert_eq!(read(&kept, 1, READ_BATCH_MAX).await, 1);
     }
 
     #[test]
