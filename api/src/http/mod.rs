@@ -217,10 +217,20 @@ impl<S: Send + Sync, const MAX: usize> FromRequest<S> for LimitedBody<MAX> {
     }
 }
 
+/// Most bytes of an oversize body read and dropped before its 413 goes
+/// out. A server that answers and closes while the client is still
+/// sending makes the client's write fail with a reset, and the client then
+/// never reads the 413 (seen as a flaky `IncompleteMessage` from reqwest
+/// for a body one byte over the limit). Bodies larger than this are
+/// refused without reading them: that client may see a reset instead.
+pub const OVERSIZE_DRAIN_MAX: usize = 1024 * 1024;
+
 impl<const MAX: usize> LimitedBody<MAX> {
     /// Reads the body through the limit (also used by handlers that need
     /// the headers and extensions first).
     pub async fn from_request_inner(request: Request) -> Result<Bytes, ApiError> {
+        use http_body_util::BodyExt;
+
         let too_large = || ApiError::PayloadTooLarge {
             message: format!("the request body exceeds {MAX} bytes"),
         };
@@ -229,27 +239,47 @@ impl<const MAX: usize> LimitedBody<MAX> {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX as u64) {
+        let mut body: Body = request.into_body();
+        if let Some(declared) = declared.filter(|n| *n > MAX as u64) {
+            if declared <= OVERSIZE_DRAIN_MAX as u64 {
+                drain(&mut body, OVERSIZE_DRAIN_MAX).await;
+            }
             return Err(too_large());
         }
-        let body: Body = request.into_body();
-        match axum::body::to_bytes(body, MAX).await {
-            Ok(bytes) => Ok(bytes),
-            Err(e) => {
-                // `to_bytes` reports the limit as a length-limit error
-                // somewhere in its source chain.
-                let mut source: Option<&dyn std::error::Error> = Some(&e);
-                while let Some(s) = source {
-                    if s.is::<http_body_util::LengthLimitError>() {
-                        return Err(too_large());
-                    }
-                    source = s.source();
-                }
-                Err(ApiError::bad_request(
+        let mut read = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return Err(ApiError::bad_request(
                     "body_unreadable",
                     "the request body could not be read",
-                ))
+                ));
+            };
+            if let Some(data) = frame.data_ref() {
+                if read.len() + data.len() > MAX {
+                    drain(
+                        &mut body,
+                        OVERSIZE_DRAIN_MAX.saturating_sub(read.len() + data.len()),
+                    )
+                    .await;
+                    return Err(too_large());
+                }
+                read.extend_from_slice(data);
             }
+        }
+        Ok(Bytes::from(read))
+    }
+}
+
+/// Reads and drops at most about `max` more bytes of `body` (a frame may
+/// overshoot), stopping at its end or at an error.
+async fn drain(body: &mut Body, max: usize) {
+    use http_body_util::BodyExt;
+
+    let mut seen = 0usize;
+    while seen <= max {
+        match body.frame().await {
+            Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |d| d.len()),
+            _ => return,
         }
     }
 }
