@@ -337,6 +337,32 @@ async fn oversize_webhooks_are_refused_before_any_write(kind: Kind) {
         "a chunked 413 webhook wrote something"
     );
 
+    // A client waiting for `100 Continue` gets the 413 before it sends a
+    // byte of its body (the timeout only bounds a failing run).
+    let mut stream = tokio::net::TcpStream::connect(app.server().addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /webhooks/hyperswitch HTTP/1.1\r\nhost: ledger\r\ncontent-length: {}\r\n\
+         expect: 100-continue\r\ncontent-type: application/json\r\n\
+         x-webhook-signature-512: {sig}\r\nconnection: close\r\n\r\n",
+        WEBHOOK_BODY_MAX + 1
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut response),
+    )
+    .await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert_eq!(
+        app.counts().await,
+        before,
+        "a 100-continue 413 wrote something"
+    );
+
     // Exactly at the limit is read and processed (and logged).
     let mut at_limit = big;
     at_limit.remove(at_limit.len() - 3);

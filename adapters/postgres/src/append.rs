@@ -244,7 +244,8 @@ insert into event as e (
 select v.stream_id, v.version + 1, v.id, v.event_type, v.schema_version, v.payload, v.metadata,
     $10::timestamptz, v.prev, sha256(v.prev || int8send(v.version + 1) || v.digest)
 from v
-order by v.stream_id
+-- Byte order (\"C\"), as Rust sorts the per-part path's streams.
+order by v.stream_id collate \"C\"
 returning e.stream_id, e.stream_version, e.global_position"
 );
 
@@ -674,12 +675,21 @@ async fn append_each_one(
     let rows = match rows {
         Ok(rows) => rows,
         Err(err) => {
-            // Which part raced is not said; any part's stream names it.
-            let (stream, events) = batch
-                .first()
-                .map(|p| (&p.stream, &p.events[..]))
+            // The part at fault is the one the server's detail names.
+            let detail = match &err {
+                sqlx::Error::Database(db) => db
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .and_then(|pg| pg.detail())
+                    .unwrap_or_default()
+                    .to_owned(),
+                _ => String::new(),
+            };
+            let part = batch
+                .iter()
+                .find(|p| detail.contains(&format!("({}, ", p.stream.as_str())))
+                .or_else(|| batch.first())
                 .ok_or_else(|| StoreError::Backend("an empty one-statement batch".to_owned()))?;
-            return Err(append_error(err, stream, events));
+            return Err(append_error(err, &part.stream, &part.events));
         }
     };
     let mut by_stream: std::collections::HashMap<String, PgRow> =
@@ -858,4 +868,36 @@ pub(crate) fn event_id_in(detail: &str, events: &[NewEvent]) -> Option<Uuid> {
         .iter()
         .map(|e| e.event_id.0)
         .find(|id| detail.contains(&id.to_string()))
+}
+
+#[cfg(test)]
+mod one_statement_tests {
+    use super::*;
+    use ledger_store::conformance::new_event;
+
+    fn part(stream: &str, events: usize) -> StreamAppend {
+        StreamAppend {
+            stream: StreamId::new(stream).unwrap(),
+            expected: ExpectedVersion::Any,
+            events: (0..events).map(|_| new_event("E", "{}")).collect(),
+        }
+    }
+
+    #[test]
+    fn only_batches_of_single_events_on_distinct_streams_fit() {
+        assert!(fits_one_statement(&[
+            part("order-a", 1),
+            part("order-b", 1)
+        ]));
+        assert!(!fits_one_statement(&[part("order-a", 1)]));
+        assert!(!fits_one_statement(&[
+            part("order-a", 1),
+            part("order-b", 2)
+        ]));
+        assert!(!fits_one_statement(&[
+            part("order-a", 1),
+            part("order-b", 1),
+            part("order-a", 1)
+        ]));
+    }
 }

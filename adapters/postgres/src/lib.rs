@@ -307,7 +307,8 @@ const READ_STREAM_UNLESS_PROCESSED_SQL: &str = concat!(
          where event_id = $1 and processing_result = $2) as processed) d \
      left join lateral (select ",
     event_columns!(),
-    " from event e where e.stream_id = $3 order by e.stream_version limit $4) s on true \
+    " from event e where not d.processed and e.stream_id = $3 \
+         order by e.stream_version limit $4) s on true \
      order by s.stream_version"
 );
 

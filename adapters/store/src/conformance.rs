@@ -871,6 +871,30 @@ pub async fn append_many_of_single_events<B: ConformanceBackend>(store: &B) {
     // The same batch again: every part already there, same positions.
     assert_reappends_as_before(store, &batch, &results).await;
 
+    // New parts beside one already stored: the new ones land, the stored
+    // one answers its original position.
+    let (m1, m2) = (stream(&run, "mixed-1"), stream(&run, "mixed-2"));
+    let mixed = vec![
+        StreamAppend {
+            stream: m1.clone(),
+            expected: ExpectedVersion::NoStream,
+            events: events(1, "mixed-1"),
+        },
+        batch[2].clone(),
+        StreamAppend {
+            stream: m2.clone(),
+            expected: ExpectedVersion::Any,
+            events: events(1, "mixed-2"),
+        },
+    ];
+    let answers = store.append_many(&mixed).await.expect("mixed append_many");
+    assert_eq!(
+        shape(&answers),
+        vec![(1, 1, 1, false), (3, 3, 1, true), (1, 1, 1, false)]
+    );
+    assert_eq!(answers[1].positions, results[2].positions);
+    assert_eq!(read_whole(store, &m2).await.len(), 1);
+
     // One part's stale expectation, or a new event under a stored id with
     // other content, fails the batch and writes none of it.
     let fresh = stream(&run, "fresh");

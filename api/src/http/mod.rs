@@ -239,9 +239,15 @@ impl<const MAX: usize> LimitedBody<MAX> {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        // A client that asked to `Expect: 100-continue` has not sent its
+        // body: it gets the 413 at once instead of an invitation to upload.
+        let waits_to_send = request
+            .headers()
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         let mut body: Body = request.into_body();
         if let Some(declared) = declared.filter(|n| *n > MAX as u64) {
-            if declared <= OVERSIZE_DRAIN_MAX as u64 {
+            if declared <= OVERSIZE_DRAIN_MAX as u64 && !waits_to_send {
                 drain(&mut body, OVERSIZE_DRAIN_MAX).await;
             }
             return Err(too_large());
