@@ -388,14 +388,7 @@ async fn a_database_outage_is_503_or_a_safe_500(kind: Kind) {
         }
     }
     // The PSP is told to retry (503), not that the delivery was handled.
-    let body = payment_webhook(
-        &new_event_id(),
-        "payment_succeeded",
-        order,
-        "succeeded",
-        total,
-        Some(total),
-    );
+    let body = payment_succeeded_webhook(order, total);
     app.deliver(&body, Sig::Valid, None)
         .await
         .assert_error(503, "unavailable");

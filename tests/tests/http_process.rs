@@ -13,7 +13,7 @@ mod process;
 
 use std::collections::HashMap;
 
-use http_common::{fresh_pg_store_url, item, new_event_id, order_body, payment_webhook};
+use http_common::{fresh_pg_store_url, item, order_body, payment_succeeded_webhook};
 use ledger_api::config::{Config, ConfigError, ProductionRefusal};
 use ledger_core::ids::OrderId;
 use process::{ServeProcess, Stopped, free_port, ledger_cmd};
@@ -269,14 +269,7 @@ async fn logs_never_show_secrets_and_sigterm_exits_zero(database_url: String) {
         .unwrap();
     assert_eq!(r.status(), 403);
 
-    let body = payment_webhook(
-        &new_event_id(),
-        "payment_succeeded",
-        order,
-        "succeeded",
-        1000,
-        Some(1000),
-    );
+    let body = payment_succeeded_webhook(order, 1000);
     let right = ledger_psp::sign_hyperswitch(P_WEBHOOK_SECRET.as_bytes(), &body);
     let wrong = ledger_psp::sign_hyperswitch(b"not-the-secret", &body);
     for (sig, status) in [(&wrong, 401), (&right, 200), (&right, 200)] {

@@ -287,14 +287,7 @@ async fn oversize_webhooks_are_refused_before_any_write(kind: Kind) {
     let app = spawn_app(kind, &[]).await;
     let (order, total) = pending_order(&app).await;
     let before = app.counts().await;
-    let body = payment_webhook(
-        &new_event_id(),
-        "payment_succeeded",
-        order,
-        "succeeded",
-        total,
-        Some(total),
-    );
+    let body = payment_succeeded_webhook(order, total);
     // Valid JSON, validly signed, one byte over the limit.
     let mut big = body[..body.len() - 1].to_vec();
     big.extend_from_slice(b",\"pad\":\"");
@@ -375,14 +368,7 @@ async fn event_types_are_extracted_and_routed(kind: Kind) {
     let app = spawn_app(kind, &[]).await;
     let (order, total) = pending_order(&app).await;
 
-    let body = payment_webhook(
-        &new_event_id(),
-        "payment_succeeded",
-        order,
-        "succeeded",
-        total,
-        Some(total),
-    );
+    let body = payment_succeeded_webhook(order, total);
     app.deliver_ok(&body, "ok").await;
     let row = &app.webhook_log(1).await[0];
     assert_eq!(
@@ -448,16 +434,9 @@ async fn event_types_are_extracted_and_routed(kind: Kind) {
 
     // A payment the ledger never issued: acknowledged (so the PSP stops
     // retrying), refused, logged as an error.
-    let foreign = String::from_utf8(payment_webhook(
-        &new_event_id(),
-        "payment_succeeded",
-        order,
-        "succeeded",
-        total,
-        Some(total),
-    ))
-    .unwrap()
-    .replace(payment_id_for(order).as_str(), "pay_6AMmb6rtlPDarBLlotAH");
+    let foreign = String::from_utf8(payment_succeeded_webhook(order, total))
+        .unwrap()
+        .replace(payment_id_for(order).as_str(), "pay_6AMmb6rtlPDarBLlotAH");
     app.deliver_ok(foreign.as_bytes(), "refused").await;
     let row = &app.webhook_log(1).await[0];
     assert!(
@@ -630,14 +609,7 @@ async fn without_a_secret_every_delivery_is_refused(kind: Kind) {
     )
     .await;
     let (order, total) = pending_order(&app).await;
-    let body = payment_webhook(
-        &new_event_id(),
-        "payment_succeeded",
-        order,
-        "succeeded",
-        total,
-        Some(total),
-    );
+    let body = payment_succeeded_webhook(order, total);
     let signed = ledger_psp::sign_hyperswitch(WEBHOOK_SECRET.as_bytes(), &body);
     let empty_key = ledger_psp::sign_hyperswitch(b"", &body);
     for sig in [Sig::Header(&signed), Sig::Header(&empty_key), Sig::Missing] {
@@ -669,14 +641,7 @@ async fn a_failing_webhook_log_never_costs_the_delivery(kind: Kind) {
                 .unwrap();
         }
     }
-    let body = payment_webhook(
-        &new_event_id(),
-        "payment_succeeded",
-        order,
-        "succeeded",
-        total,
-        Some(total),
-    );
+    let body = payment_succeeded_webhook(order, total);
     let r = app.deliver(&body, Sig::Valid, None).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json(), json!({"status": "ok"}));

@@ -609,6 +609,19 @@ pub fn payment_webhook(
     .into_bytes()
 }
 
+/// A fresh delivery (new event id) of `payment_succeeded` for the whole
+/// `amount`.
+pub fn payment_succeeded_webhook(order_id: OrderId, amount: i64) -> Vec<u8> {
+    payment_webhook(
+        &new_event_id(),
+        "payment_succeeded",
+        order_id,
+        "succeeded",
+        amount,
+        Some(amount),
+    )
+}
+
 /// A refund webhook (psp.md's refund object) for the ledger's refund.
 pub fn refund_webhook(
     event_id: &str,
