@@ -197,8 +197,12 @@ async fn read_head_and_ids(
     let version: i64 = first.try_get(0).map_err(|e| corrupt(name, 0, e))?;
     let version = u64::try_from(version)
         .map_err(|_| corrupt(name, 0, format!("head version {version} is negative")))?;
-    let last_hash = hash_of(first.try_get(1).map_err(|e| corrupt(name, version, e))?)
-        .map_err(|n| corrupt(name, version, format!("head last_hash is {n} bytes")))?;
+    let last_hash = hash_of(
+        first
+            .try_get::<&[u8], _>(1)
+            .map_err(|e| corrupt(name, version, e))?,
+    )
+    .map_err(|n| corrupt(name, version, format!("head last_hash is {n} bytes")))?;
 
     let mut found = HashMap::with_capacity(rows.len());
     for row in &rows {

@@ -20,6 +20,7 @@
 
 mod append;
 mod baseline_batch;
+mod events_read;
 mod fault;
 mod idempotency;
 mod query;
@@ -31,6 +32,7 @@ mod work;
 pub use readmodel::{SHADOW_WRITER_CACHE_KIB, WRITER_CACHE_KIB};
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ledger_store::recorded_now;
@@ -38,9 +40,7 @@ use ledger_store::recorded_now;
 use async_trait::async_trait;
 use ledger_core::ids::StreamId;
 use ledger_core::{Checkpoint, ExpectedVersion, NewEvent, RecordedEvent};
-use ledger_store::{
-    AppendResult, EventStore, READ_BATCH_MAX, StoreError, StreamAppend, validate_events,
-};
+use ledger_store::{AppendResult, EventStore, StoreError, StreamAppend, validate_events};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -87,6 +87,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Read-only (`query_only`) connections.
     reader: SqlitePool,
+    /// Event reads ([`events_read`]): `query_only` connections of their own.
+    events: Arc<events_read::EventReader>,
 }
 
 impl SqliteStore {
@@ -133,7 +135,11 @@ impl SqliteStore {
             .connect_with(common.pragma("query_only", "on"))
             .await
             .map_err(backend)?;
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore {
+            writer,
+            reader,
+            events: events_read::EventReader::new(path),
+        })
     }
 
     /// Opens `sqlite://path`, `sqlite:path` or a plain path. Query parameters
@@ -172,6 +178,7 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
+        self.events.close();
     }
 
     /// The writer pool (one connection). Write through
@@ -222,21 +229,9 @@ impl EventStore for SqliteStore {
         let Ok(from_version) = i64::try_from(from_version) else {
             return Ok(Vec::new());
         };
-        let rows = sqlx::query(
-            "select global_position, stream_id, stream_version, event_id, event_type, schema_version, \
-                    payload, metadata, recorded_at, prev_hash, hash \
-             from event \
-             where stream_id = ?1 and stream_version >= ?2 \
-             order by stream_version \
-             limit ?3",
-        )
-        .bind(stream.as_str())
-        .bind(from_version)
-        .bind(max_count.min(READ_BATCH_MAX))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(backend)?;
-        rows.iter().map(row::decode_event).collect()
+        self.events
+            .read_stream(stream, from_version, max_count)
+            .await
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Option<u64>, StoreError> {
@@ -275,27 +270,7 @@ impl EventStore for SqliteStore {
         let Ok(after) = i64::try_from(after.position) else {
             return Ok(Vec::new());
         };
-        let rows = sqlx::query(
-            "select global_position, stream_id, stream_version, event_id, event_type, schema_version, \
-                    payload, metadata, recorded_at, prev_hash, hash \
-             from event \
-             where global_position > ?1 \
-             order by global_position \
-             limit ?2",
-        )
-        .bind(after)
-        .bind(max_count.min(READ_BATCH_MAX))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(backend)?;
-        // Sized up front: a page is thousands of large events, and growing
-        // the vector by doubling copies them over and over (into fresh
-        // memory the kernel zeroes first).
-        let mut events = Vec::with_capacity(rows.len());
-        for r in &rows {
-            events.push(row::decode_event(r)?);
-        }
-        Ok(events)
+        self.events.read_all(after, max_count).await
     }
 }
 

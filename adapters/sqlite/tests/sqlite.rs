@@ -351,6 +351,105 @@ async fn tampering_and_deletion_are_caught_by_verification() {
     );
 }
 
+/// Sets one column of `x`@2 through the writer, bypassing the store and the
+/// table's check constraints (as a hand edit of the file could).
+async fn set_column(s: &SqliteStore, assignment: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "pragma ignore_check_constraints = on; \
+         update event set {assignment} where stream_id = 'x' and stream_version = 2; \
+         pragma ignore_check_constraints = off"
+    )))
+    .execute(s.pool())
+    .await
+    .unwrap();
+}
+
+/// Every way a stored event can be unreadable is `Corrupt`, naming the
+/// stream, the version and what is wrong, on both reads; the rows before it
+/// still read.
+#[tokio::test]
+async fn unreadable_event_rows_are_corrupt_naming_stream_and_version() {
+    let x = stream("x");
+    let cases = [
+        ("hash = x'0102'", "hash is 2 bytes"),
+        ("prev_hash = zeroblob(33)", "prev_hash is 33 bytes"),
+        ("payload = cast(x'7b22ff227d' as text)", "not UTF-8"),
+        ("schema_version = -1", "schema_version -1 is out of range"),
+        ("event_id = 'not-a-uuid'", "event_id \"not-a-uuid\""),
+        ("recorded_at = 9223372036854775807", "out of range"),
+    ];
+    for (assignment, reason) in cases {
+        // Each case on a store of its own.
+        let t = fresh_store().await;
+        t.append(&x, ExpectedVersion::NoStream, &events(3))
+            .await
+            .unwrap();
+        set_column(&t, assignment).await;
+        for result in [
+            t.read_stream(&x, 1, 10).await,
+            t.read_all(ledger_core::Checkpoint::START, 10).await,
+        ] {
+            match result {
+                Err(StoreError::Corrupt {
+                    stream,
+                    version,
+                    reason: why,
+                }) => {
+                    assert_eq!((stream.as_str(), version), ("x", 2), "{assignment}");
+                    assert!(why.contains(reason), "{assignment}: {why}");
+                }
+                other => panic!("{assignment}: expected Corrupt, got {other:?}"),
+            }
+        }
+        assert_eq!(t.read_stream(&x, 3, 10).await.unwrap().len(), 1);
+    }
+    // An unreadable version is reported against the stream alone.
+    let s = fresh_store().await;
+    s.append(&x, ExpectedVersion::NoStream, &events(3))
+        .await
+        .unwrap();
+    set_column(&s, "stream_version = -2").await;
+    match s.read_all(ledger_core::Checkpoint::START, 10).await {
+        Err(StoreError::Corrupt {
+            stream, version, ..
+        }) => {
+            assert_eq!((stream.as_str(), version), ("x", 0));
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+/// More concurrent event reads than reader connections all complete, with
+/// the same answer (they queue for a connection, none is refused).
+#[tokio::test]
+async fn event_reads_beyond_the_reader_pool_queue_and_all_complete() {
+    let s = fresh_store().await;
+    let x = stream("x");
+    s.append(&x, ExpectedVersion::NoStream, &events(5))
+        .await
+        .unwrap();
+    let mut reads = tokio::task::JoinSet::new();
+    for i in 0..3 * ledger_sqlite::READ_POOL_SIZE {
+        let s = s.clone();
+        let x = x.clone();
+        reads.spawn(async move {
+            if i % 2 == 0 {
+                s.read_all(ledger_core::Checkpoint::START, 100).await
+            } else {
+                s.read_stream(&x, 1, 100).await
+            }
+        });
+    }
+    let expected = s.read_stream(&x, 1, 100).await.unwrap();
+    assert_eq!(expected.len(), 5);
+    let mut done = 0;
+    while let Some(r) = reads.join_next().await {
+        assert_eq!(r.unwrap().unwrap(), expected);
+        done += 1;
+    }
+    assert_eq!(done, 3 * ledger_sqlite::READ_POOL_SIZE);
+}
+
 #[tokio::test]
 async fn baseline_table_is_created_and_emptied() {
     let s = fresh_store().await;
