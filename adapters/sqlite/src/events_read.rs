@@ -106,7 +106,7 @@ impl EventReader {
                 "no event reader free within {READ_QUEUE_TIMEOUT:?}"
             ))
         })?
-        .map_err(|e| StoreError::Backend(e.to_string()))?;
+        .map_err(|_| StoreError::Backend("the event store is closed".to_owned()))?;
         let this = Arc::clone(self);
         let limit = i64::from(max_count.min(READ_BATCH_MAX));
         tokio::task::spawn_blocking(move || {
@@ -132,6 +132,9 @@ impl EventReader {
     }
 
     fn give_back(&self, conn: Connection) {
+        if self.permits.is_closed() {
+            return;
+        }
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < READ_POOL_SIZE as usize
         {
@@ -139,8 +142,14 @@ impl EventReader {
         }
     }
 
-    /// Closes the idle connections (the store is closing).
-    pub(crate) fn close(&self) {
+    /// Waits for the reads running, then closes every connection; later
+    /// reads fail with [`StoreError::Backend`] (as the sqlx pools do once
+    /// closed).
+    pub(crate) async fn close(&self) {
+        // Every permit: no read is running once they are all held.
+        let all = self.permits.acquire_many(READ_POOL_SIZE).await;
+        self.permits.close();
+        drop(all);
         if let Ok(mut idle) = self.idle.lock() {
             idle.clear();
         }
@@ -184,8 +193,8 @@ fn select(
         ParamText::Stream(s) => stmt.query((from, limit, s.as_str())),
     }
     .map_err(backend)?;
-    // Sized up front: a page is thousands of large events, and growing the
-    // vector by doubling copies them over and over.
+    // A stream read is usually a handful of events: reserve for a modest
+    // page, and let a feed page grow from there.
     let mut events = Vec::with_capacity(usize::try_from(limit).unwrap_or(0).min(1024));
     while let Some(row) = rows.next().map_err(backend)? {
         events.push(decode(row)?);

@@ -178,7 +178,7 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
-        self.events.close();
+        self.events.close().await;
     }
 
     /// The writer pool (one connection). Write through

@@ -401,6 +401,8 @@ async fn unreadable_event_rows_are_corrupt_naming_stream_and_version() {
                 other => panic!("{assignment}: expected Corrupt, got {other:?}"),
             }
         }
+        // The rows on either side still read.
+        assert_eq!(t.read_stream(&x, 1, 1).await.unwrap().len(), 1);
         assert_eq!(t.read_stream(&x, 3, 10).await.unwrap().len(), 1);
     }
     // An unreadable version is reported against the stream alone.
@@ -448,6 +450,40 @@ async fn event_reads_beyond_the_reader_pool_queue_and_all_complete() {
         done += 1;
     }
     assert_eq!(done, 3 * ledger_sqlite::READ_POOL_SIZE);
+}
+
+/// A read asks for at most `READ_BATCH_MAX` events, however many it asks
+/// for; and once the store is closed, reads fail rather than reopen it.
+#[tokio::test]
+async fn event_reads_are_capped_at_the_batch_max_and_end_with_close() {
+    let s = fresh_store().await;
+    let x = stream("x");
+    // Appends take at most 1,000 events each.
+    let n = u64::from(ledger_store::READ_BATCH_MAX) + 1_000;
+    for _ in 0..n / 1_000 {
+        s.append(&x, ExpectedVersion::Any, &events(1_000))
+            .await
+            .unwrap();
+    }
+    let max = u64::from(ledger_store::READ_BATCH_MAX);
+    let page = s
+        .read_all(ledger_core::Checkpoint::START, u32::MAX)
+        .await
+        .unwrap();
+    assert_eq!(page.len() as u64, max);
+    assert_eq!(page.last().unwrap().global_position, max);
+    let stream_page = s.read_stream(&x, 1, u32::MAX).await.unwrap();
+    assert_eq!(stream_page.len() as u64, max);
+    assert_eq!(stream_page.last().unwrap().stream_version, max);
+    s.close().await;
+    assert!(matches!(
+        s.read_all(ledger_core::Checkpoint::START, 10).await,
+        Err(StoreError::Backend(_))
+    ));
+    assert!(matches!(
+        s.read_stream(&x, 1, 10).await,
+        Err(StoreError::Backend(_))
+    ));
 }
 
 #[tokio::test]
