@@ -1013,6 +1013,7 @@ pub async fn diff_shadow_against_live(
             // A shadow loaded without its key (built only by the swap) may
             // hold a key twice, which the join below cannot show.
             if t.key_built_at_swap(store.dialect(), true) {
+                store.execute_all(&[t.shadow_key_index_sql()]).await?;
                 for key in store
                     .query_text(&t.duplicate_keys_sql(), &DIFF_ROWS_MAX.to_string())
                     .await?
