@@ -30,9 +30,26 @@ use uuid::Uuid;
 use crate::row::{corrupt, hash_of};
 use crate::{BUSY_TIMEOUT, READ_POOL_SIZE, READ_QUEUE_TIMEOUT};
 
-/// The columns every event read selects, in [`decode`]'s order.
-const EVENT_COLUMNS: &str = "select global_position, stream_id, stream_version, event_id, \
-     event_type, schema_version, payload, metadata, recorded_at, prev_hash, hash from event";
+/// An event read: the columns [`decode`] takes, in its order, then `$tail`.
+/// `?1` is the position or version to start from, `?2` the limit, `?3` the
+/// stream (if any). Built at compile time: reads are on every command's
+/// path.
+macro_rules! select_events {
+    ($tail:literal) => {
+        concat!(
+            "select global_position, stream_id, stream_version, event_id, event_type, \
+             schema_version, payload, metadata, recorded_at, prev_hash, hash from event ",
+            $tail
+        )
+    };
+}
+
+const READ_ALL_SQL: &str =
+    select_events!("where global_position > ?1 order by global_position limit ?2");
+
+const READ_STREAM_SQL: &str = select_events!(
+    "where stream_id = ?3 and stream_version >= ?1 order by stream_version limit ?2"
+);
 
 /// Up to [`READ_POOL_SIZE`] event reads at once, each on a connection of
 /// its own (kept for the next read once done).
@@ -59,13 +76,7 @@ impl EventReader {
         after: i64,
         max_count: u32,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.read(
-            format!("{EVENT_COLUMNS} where global_position > ?1 order by global_position limit ?2"),
-            ParamText::None,
-            after,
-            max_count,
-        )
-        .await
+        self.read(READ_ALL_SQL, None, after, max_count).await
     }
 
     /// `stream`'s events from `from_version` on, in version order.
@@ -76,11 +87,8 @@ impl EventReader {
         max_count: u32,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         self.read(
-            format!(
-                "{EVENT_COLUMNS} where stream_id = ?3 and stream_version >= ?1 \
-                 order by stream_version limit ?2"
-            ),
-            ParamText::Stream(stream.as_str().to_owned()),
+            READ_STREAM_SQL,
+            Some(stream.as_str().to_owned()),
             from_version,
             max_count,
         )
@@ -89,8 +97,8 @@ impl EventReader {
 
     async fn read(
         self: &Arc<Self>,
-        sql: String,
-        text: ParamText,
+        sql: &'static str,
+        stream: Option<String>,
         from: i64,
         max_count: u32,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
@@ -112,7 +120,7 @@ impl EventReader {
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let conn = this.take()?;
-            let events = select(&conn, &sql, &text, from, limit);
+            let events = select(&conn, sql, stream.as_deref(), from, limit);
             // A connection whose read failed may be in any state: drop it.
             if events.is_ok() {
                 this.give_back(conn);
@@ -156,12 +164,6 @@ impl EventReader {
     }
 }
 
-/// The text parameter of a read, if it has one.
-enum ParamText {
-    None,
-    Stream(String),
-}
-
 fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -183,14 +185,14 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
 fn select(
     conn: &Connection,
     sql: &str,
-    text: &ParamText,
+    stream: Option<&str>,
     from: i64,
     limit: i64,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
     let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
-    let mut rows = match text {
-        ParamText::None => stmt.query((from, limit)),
-        ParamText::Stream(s) => stmt.query((from, limit, s.as_str())),
+    let mut rows = match stream {
+        None => stmt.query((from, limit)),
+        Some(s) => stmt.query((from, limit, s)),
     }
     .map_err(backend)?;
     // A stream read is usually a handful of events: reserve for a modest
@@ -229,7 +231,7 @@ fn blob<'r>(row: &'r Row<'_>, i: usize) -> Result<&'r [u8], String> {
     }
 }
 
-/// Decodes a row of [`EVENT_COLUMNS`]. Anything unreadable is
+/// Decodes a row of [`select_events`]. Anything unreadable is
 /// [`StoreError::Corrupt`], naming the stream and version when those are
 /// themselves readable.
 fn decode(row: &Row<'_>) -> Result<RecordedEvent, StoreError> {
