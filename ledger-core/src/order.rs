@@ -152,6 +152,9 @@ pub enum PaymentAnomalyKind {
     ConflictingStatus,
     /// The PSP captured an amount other than the order total.
     AmountMismatch,
+    /// A status this build does not know: never guessed at, recorded once
+    /// per status for an operator; a later known status still applies.
+    UnrecognisedStatus,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -353,8 +356,6 @@ pub enum OrderRejection {
     AmountOverflow,
     #[error("payment {got} is not this order's payment {expected}")]
     PaymentIdMismatch { expected: PaymentId, got: PaymentId },
-    #[error("payment status {status:?} is not one this build understands")]
-    UnrecognisedPaymentStatus { status: String },
     #[error("{command} is not allowed while the order is {from}")]
     InvalidTransition {
         from: OrderStatus,
@@ -914,11 +915,6 @@ fn apply_payment_status(
         });
     }
     let outcome = status.outcome();
-    if outcome == PaymentOutcome::Unrecognised {
-        return Err(OrderRejection::UnrecognisedPaymentStatus {
-            status: status.as_str().to_owned(),
-        });
-    }
     // A captured amount other than the total is never accepted as success.
     // `partially_captured` without an amount can't be shown to be whole.
     let amount_ok = match (status, amount_minor) {
@@ -956,6 +952,9 @@ fn apply_payment_status(
     }
     match (current, outcome) {
         (_, PaymentOutcome::InFlight) => {}
+        (s, PaymentOutcome::Unrecognised) => {
+            events.extend(anomaly(PaymentAnomalyKind::UnrecognisedStatus, s));
+        }
         (OrderStatus::Pending, PaymentOutcome::Captured) if amount_ok => {
             events.push(OrderEvent::PaymentSucceeded {
                 order_id: o.order_id,

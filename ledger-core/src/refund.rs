@@ -94,6 +94,10 @@ pub enum RefundAnomalyKind {
     /// The PSP accepted a refund the ledger had already given up on as an
     /// orphan; its lines were released and money may move anyway.
     SubmittedAfterFailure,
+    /// The PSP answered something the client cannot read (an unknown
+    /// status, a broken body): the refund waits for an operator instead of
+    /// being asked again and again.
+    UnreadableAnswer,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +128,14 @@ pub enum RefundCommand {
     /// The sweeper found this refund `requested` for too long (its clock, its
     /// threshold).
     MarkOrphaned { now: DateTime<Utc> },
+    /// The PSP's answer to `call` could not be read (`value` says what was
+    /// unreadable). Recorded once per value as an anomaly; the status does
+    /// not change.
+    RecordUnreadable {
+        call: String,
+        value: String,
+        now: DateTime<Utc>,
+    },
 }
 
 impl RefundCommand {
@@ -133,6 +145,7 @@ impl RefundCommand {
             RefundCommand::Submit { .. } => "Submit",
             RefundCommand::ApplyPspStatus { .. } => "ApplyPspStatus",
             RefundCommand::MarkOrphaned { .. } => "MarkOrphaned",
+            RefundCommand::RecordUnreadable { .. } => "RecordUnreadable",
         }
     }
 }
@@ -537,6 +550,13 @@ impl Decider for Refund {
                 RefundStatus::Failed => Ok(vec![]),
                 RefundStatus::Submitted | RefundStatus::Succeeded => Err(invalid()),
             },
+            RefundCommand::RecordUnreadable { call, value, .. } => Ok(anomaly(
+                RefundAnomalyKind::UnreadableAnswer,
+                &clip(value),
+                Some(&clip(call)),
+            )
+            .into_iter()
+            .collect()),
         }
     }
 
@@ -628,6 +648,7 @@ fn command_now(command: &RefundCommand) -> DateTime<Utc> {
         RefundCommand::Request { now, .. }
         | RefundCommand::Submit { now, .. }
         | RefundCommand::ApplyPspStatus { now, .. }
-        | RefundCommand::MarkOrphaned { now } => *now,
+        | RefundCommand::MarkOrphaned { now }
+        | RefundCommand::RecordUnreadable { now, .. } => *now,
     }
 }

@@ -64,10 +64,16 @@ pub enum TransferStatus {
     PartiallyReversed,
     Reversed,
     ReversalFailed,
+    /// A Stripe create answered in a way that leaves its outcome unknown
+    /// (5xx, timeout, dropped connection, a replayed error): the payout may
+    /// or may not exist. Only a read of Stripe moves it on.
+    Indeterminate,
+    /// The same for a reversal: it may or may not exist at Stripe.
+    ReversalIndeterminate,
 }
 
 impl TransferStatus {
-    pub const ALL: [TransferStatus; 9] = [
+    pub const ALL: [TransferStatus; 11] = [
         TransferStatus::Pending,
         TransferStatus::Completed,
         TransferStatus::Failed,
@@ -77,6 +83,8 @@ impl TransferStatus {
         TransferStatus::PartiallyReversed,
         TransferStatus::Reversed,
         TransferStatus::ReversalFailed,
+        TransferStatus::Indeterminate,
+        TransferStatus::ReversalIndeterminate,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -90,6 +98,8 @@ impl TransferStatus {
             TransferStatus::PartiallyReversed => "partially_reversed",
             TransferStatus::Reversed => "reversed",
             TransferStatus::ReversalFailed => "reversal_failed",
+            TransferStatus::Indeterminate => "indeterminate",
+            TransferStatus::ReversalIndeterminate => "reversal_indeterminate",
         }
     }
 
@@ -119,6 +129,49 @@ pub enum ReversalFailureKind {
     MissingStripeTransferId,
 }
 
+/// Why an operator must look at a transfer, whatever its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferAnomalyKind {
+    /// Stripe holds a transfer or reversal for this share whose amount or
+    /// currency is not the one the ledger asked for.
+    AmountMismatch,
+    /// Stripe holds more than one transfer for this share (a second payout).
+    DuplicateAtProvider,
+    /// Stripe holds a transfer or reversal naming this share that the ledger
+    /// does not record.
+    UnknownAtProvider,
+    /// Stripe answered something the client cannot read (an unknown value,
+    /// a null where a value is required, an undecodable body).
+    UnreadableAnswer,
+    /// Stripe paid a transfer the ledger no longer owes (the share was
+    /// cancelled meanwhile); the money must be recovered by an operator.
+    PaidWhileNotOwed,
+}
+
+impl TransferAnomalyKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TransferAnomalyKind::AmountMismatch => "amount_mismatch",
+            TransferAnomalyKind::DuplicateAtProvider => "duplicate_at_provider",
+            TransferAnomalyKind::UnknownAtProvider => "unknown_at_provider",
+            TransferAnomalyKind::UnreadableAnswer => "unreadable_answer",
+            TransferAnomalyKind::PaidWhileNotOwed => "paid_while_not_owed",
+        }
+    }
+
+    /// Kinds that say the ledger and the provider's records disagree.
+    pub fn is_provider_mismatch(&self) -> bool {
+        matches!(
+            self,
+            TransferAnomalyKind::AmountMismatch
+                | TransferAnomalyKind::DuplicateAtProvider
+                | TransferAnomalyKind::UnknownAtProvider
+                | TransferAnomalyKind::PaidWhileNotOwed
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransferCommand {
     Schedule {
@@ -141,6 +194,21 @@ pub enum TransferCommand {
         error: String,
         definitive: bool,
         policy: RetryPolicy,
+        now: DateTime<Utc>,
+    },
+    /// The Stripe call of the current attempt may or may not have made the
+    /// transfer (5xx, timeout, dropped connection, replayed error): nothing
+    /// may be sent again before a read of Stripe says which.
+    RecordOutcomeUnknown { error: String, now: DateTime<Utc> },
+    /// A read of Stripe proved that attempt `attempt` made no transfer: the
+    /// next attempt, under a new key, may be sent.
+    RecordAbsent { attempt: u32, now: DateTime<Utc> },
+    /// Something an operator must look at (deduplicated by kind and
+    /// provider id).
+    RecordAnomaly {
+        kind: TransferAnomalyKind,
+        provider_id: Option<String>,
+        detail: String,
         now: DateTime<Utc>,
     },
     /// The retry worker (when due) or an operator (any time, and also from
@@ -181,6 +249,11 @@ pub enum TransferCommand {
         policy: RetryPolicy,
         now: DateTime<Utc>,
     },
+    /// The reversal call of the current attempt may or may not have made a
+    /// reversal: read before sending again.
+    RecordReversalOutcomeUnknown { error: String, now: DateTime<Utc> },
+    /// A read of Stripe proved that reversal attempt `attempt` made nothing.
+    RecordReversalAbsent { attempt: u32, now: DateTime<Utc> },
     /// The reversal worker found no `stripe_transfer_id`: fail without
     /// calling Stripe.
     FailReversalWithoutTransferId { now: DateTime<Utc> },
@@ -192,6 +265,9 @@ impl TransferCommand {
             TransferCommand::Schedule { .. } => "Schedule",
             TransferCommand::RecordSucceeded { .. } => "RecordSucceeded",
             TransferCommand::RecordFailed { .. } => "RecordFailed",
+            TransferCommand::RecordOutcomeUnknown { .. } => "RecordOutcomeUnknown",
+            TransferCommand::RecordAbsent { .. } => "RecordAbsent",
+            TransferCommand::RecordAnomaly { .. } => "RecordAnomaly",
             TransferCommand::Retry { .. } => "Retry",
             TransferCommand::Cancel { .. } => "Cancel",
             TransferCommand::Reduce { .. } => "Reduce",
@@ -199,6 +275,8 @@ impl TransferCommand {
             TransferCommand::RecordReversalSucceeded { .. } => "RecordReversalSucceeded",
             TransferCommand::RecordAlreadyReversed { .. } => "RecordAlreadyReversed",
             TransferCommand::RecordReversalFailed { .. } => "RecordReversalFailed",
+            TransferCommand::RecordReversalOutcomeUnknown { .. } => "RecordReversalOutcomeUnknown",
+            TransferCommand::RecordReversalAbsent { .. } => "RecordReversalAbsent",
             TransferCommand::FailReversalWithoutTransferId { .. } => {
                 "FailReversalWithoutTransferId"
             }
@@ -298,6 +376,41 @@ pub enum TransferEvent {
         error: String,
         at: DateTime<Utc>,
     },
+    /// `pending` → `indeterminate`: attempt `attempt`'s call may or may not
+    /// have made the transfer.
+    TransferOutcomeUnknown {
+        attempt: u32,
+        error: String,
+        at: DateTime<Utc>,
+    },
+    /// `indeterminate` → `pending`: a read proved `absent_attempt` made
+    /// nothing; the next call uses `attempt` (a new key).
+    TransferAttemptAbsent {
+        absent_attempt: u32,
+        attempt: u32,
+        at: DateTime<Utc>,
+    },
+    /// An operator must look; the status does not change.
+    TransferAnomalyRecorded {
+        kind: TransferAnomalyKind,
+        provider_id: Option<String>,
+        detail: String,
+        at: DateTime<Utc>,
+    },
+    /// `reversal_pending` → `reversal_indeterminate`.
+    TransferReversalOutcomeUnknown {
+        refund_id: RefundId,
+        attempt: u32,
+        error: String,
+        at: DateTime<Utc>,
+    },
+    /// `reversal_indeterminate` → `reversal_pending` under a new key.
+    TransferReversalAttemptAbsent {
+        refund_id: RefundId,
+        absent_attempt: u32,
+        attempt: u32,
+        at: DateTime<Utc>,
+    },
 }
 
 impl EventSet for TransferEvent {
@@ -314,6 +427,11 @@ impl EventSet for TransferEvent {
         "TransferAlreadyReversed",
         "TransferReversalRetryScheduled",
         "TransferReversalFailed",
+        "TransferOutcomeUnknown",
+        "TransferAttemptAbsent",
+        "TransferAnomalyRecorded",
+        "TransferReversalOutcomeUnknown",
+        "TransferReversalAttemptAbsent",
     ];
 }
 
@@ -334,6 +452,13 @@ impl TransferEvent {
                 "TransferReversalRetryScheduled"
             }
             TransferEvent::TransferReversalFailed { .. } => "TransferReversalFailed",
+            TransferEvent::TransferOutcomeUnknown { .. } => "TransferOutcomeUnknown",
+            TransferEvent::TransferAttemptAbsent { .. } => "TransferAttemptAbsent",
+            TransferEvent::TransferAnomalyRecorded { .. } => "TransferAnomalyRecorded",
+            TransferEvent::TransferReversalOutcomeUnknown { .. } => {
+                "TransferReversalOutcomeUnknown"
+            }
+            TransferEvent::TransferReversalAttemptAbsent { .. } => "TransferReversalAttemptAbsent",
         }
     }
 }
@@ -396,6 +521,9 @@ pub enum TransferRejection {
 pub struct PendingReversal {
     pub refund_id: RefundId,
     pub amount_minor: i64,
+    /// Stripe attempt counter of this reversal, from 1: moves only when a
+    /// read proved the previous attempt made nothing.
+    pub attempt: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -428,6 +556,15 @@ pub struct ScheduledTransfer {
     /// Refunds that already requested a reversal (duplicates are no-ops).
     pub reversal_refunds: Vec<RefundId>,
     pub stripe_reversal_ids: Vec<StripeReversalId>,
+    /// Anomalies recorded, by kind and provider id (duplicates are no-ops).
+    pub anomalies: Vec<(TransferAnomalyKind, Option<String>)>,
+}
+
+impl ScheduledTransfer {
+    /// Stripe `Idempotency-Key` of the current payout attempt.
+    pub fn idempotency_key(&self) -> String {
+        format!("transfer:{}:{}", self.transfer_id, self.attempt)
+    }
 }
 
 /// `transfer: None` until `TransferScheduled`.
@@ -444,10 +581,16 @@ impl TransferState {
     /// Stripe `Idempotency-Key` for the next transfer call:
     /// `transfer:{transfer_id}:{attempt}`.
     pub fn idempotency_key(&self) -> Option<String> {
-        self.transfer
-            .as_ref()
-            .map(|t| format!("transfer:{}:{}", t.transfer_id, t.attempt))
+        self.transfer.as_ref().map(ScheduledTransfer::idempotency_key)
     }
+}
+
+/// A reversal is asked for and not yet answered.
+fn reversal_open(status: TransferStatus) -> bool {
+    matches!(
+        status,
+        TransferStatus::ReversalPending | TransferStatus::ReversalIndeterminate
+    )
 }
 
 /// The seller transfer decider.
@@ -536,7 +679,7 @@ impl Decider for SellerTransfer {
                 amount,
                 now,
             } => match t.status {
-                TransferStatus::Pending => {
+                TransferStatus::Pending | TransferStatus::Indeterminate => {
                     positive_in(amount, currency)?;
                     if amount.minor > t.scheduled_amount.minor {
                         return Err(TransferRejection::AmountExceedsScheduled {
@@ -595,6 +738,60 @@ impl Decider for SellerTransfer {
                 _ => Err(invalid()),
             },
 
+            TransferCommand::RecordOutcomeUnknown { error, now } => match t.status {
+                TransferStatus::Pending => Ok(vec![TransferEvent::TransferOutcomeUnknown {
+                    attempt: t.attempt,
+                    error: clip(error),
+                    at: *now,
+                }]),
+                // Already unknown, or a racing worker recorded the answer.
+                TransferStatus::Indeterminate => Ok(vec![]),
+                _ if t.stripe_transfer_id.is_some() => Ok(vec![]),
+                _ => Err(invalid()),
+            },
+
+            TransferCommand::RecordAbsent { attempt, now } => match t.status {
+                TransferStatus::Indeterminate if *attempt == t.attempt => {
+                    let mut events = vec![TransferEvent::TransferAttemptAbsent {
+                        absent_attempt: t.attempt,
+                        attempt: t.attempt.saturating_add(1),
+                        at: *now,
+                    }];
+                    // Reduced to nothing while unknown: nothing is owed.
+                    if t.amount.minor == 0 {
+                        events.push(TransferEvent::TransferCancelled {
+                            reason: "reduced to zero while its payout was indeterminate".to_owned(),
+                            at: *now,
+                        });
+                    }
+                    Ok(events)
+                }
+                // That attempt's absence is already recorded.
+                _ if *attempt < t.attempt => Ok(vec![]),
+                _ => Err(invalid()),
+            },
+
+            TransferCommand::RecordAnomaly {
+                kind,
+                provider_id,
+                detail,
+                now,
+            } => {
+                let seen = t
+                    .anomalies
+                    .iter()
+                    .any(|(k, id)| k == kind && id == provider_id);
+                if seen {
+                    return Ok(vec![]);
+                }
+                Ok(vec![TransferEvent::TransferAnomalyRecorded {
+                    kind: *kind,
+                    provider_id: provider_id.as_deref().map(clip),
+                    detail: clip(detail),
+                    at: *now,
+                }])
+            }
+
             TransferCommand::Retry { now, by_operator } => match t.status {
                 TransferStatus::Pending => Ok(vec![]),
                 TransferStatus::Failed | TransferStatus::PermanentlyFailed => {
@@ -633,7 +830,11 @@ impl Decider for SellerTransfer {
                 if t.reductions.contains(refund_id) {
                     return Ok(vec![]);
                 }
-                if !t.status.is_unpaid() {
+                // While indeterminate the payout may or may not exist: lower
+                // what is owed; if it did happen, the excess is reversed.
+                let may_reduce =
+                    t.status.is_unpaid() || t.status == TransferStatus::Indeterminate;
+                if !may_reduce {
                     return Err(invalid());
                 }
                 positive_in(by, currency)?;
@@ -653,7 +854,7 @@ impl Decider for SellerTransfer {
                     remaining,
                     at: *now,
                 }];
-                if remaining.minor == 0 {
+                if remaining.minor == 0 && t.status.is_unpaid() {
                     events.push(TransferEvent::TransferCancelled {
                         reason: format!("reduced to zero by refund {refund_id}"),
                         at: *now,
@@ -704,7 +905,10 @@ impl Decider for SellerTransfer {
                     return Ok(vec![]);
                 }
                 let pending = match (t.status, &t.pending_reversal) {
-                    (TransferStatus::ReversalPending, Some(p)) => p,
+                    (
+                        TransferStatus::ReversalPending | TransferStatus::ReversalIndeterminate,
+                        Some(p),
+                    ) => p,
                     _ => return Err(invalid()),
                 };
                 positive_in(reversed_amount, currency)?;
@@ -734,7 +938,10 @@ impl Decider for SellerTransfer {
                 now,
             } => {
                 let pending = match (t.status, &t.pending_reversal) {
-                    (TransferStatus::ReversalPending, Some(p)) => p,
+                    (
+                        TransferStatus::ReversalPending | TransferStatus::ReversalIndeterminate,
+                        Some(p),
+                    ) => p,
                     // Already reflected: nothing left to reverse, or exactly
                     // the total recorded last time.
                     (TransferStatus::Reversed, _) => return Ok(vec![]),
@@ -819,6 +1026,45 @@ impl Decider for SellerTransfer {
                 Ok(vec![event])
             }
 
+            TransferCommand::RecordReversalOutcomeUnknown { error, now } => {
+                match (t.status, &t.pending_reversal) {
+                    (TransferStatus::ReversalPending, Some(p)) => {
+                        Ok(vec![TransferEvent::TransferReversalOutcomeUnknown {
+                            refund_id: p.refund_id,
+                            attempt: p.attempt,
+                            error: clip(error),
+                            at: *now,
+                        }])
+                    }
+                    (TransferStatus::ReversalIndeterminate, _) => Ok(vec![]),
+                    // A racing worker recorded the answer already.
+                    (
+                        TransferStatus::Reversed
+                        | TransferStatus::PartiallyReversed
+                        | TransferStatus::ReversalFailed,
+                        None,
+                    ) => Ok(vec![]),
+                    _ => Err(invalid()),
+                }
+            }
+
+            TransferCommand::RecordReversalAbsent { attempt, now } => {
+                match (t.status, &t.pending_reversal) {
+                    (TransferStatus::ReversalIndeterminate, Some(p)) if p.attempt == *attempt => {
+                        Ok(vec![TransferEvent::TransferReversalAttemptAbsent {
+                            refund_id: p.refund_id,
+                            absent_attempt: p.attempt,
+                            attempt: p.attempt.saturating_add(1),
+                            at: *now,
+                        }])
+                    }
+                    (TransferStatus::ReversalPending, Some(p)) if p.attempt > *attempt => {
+                        Ok(vec![])
+                    }
+                    _ => Err(invalid()),
+                }
+            }
+
             TransferCommand::FailReversalWithoutTransferId { now } => {
                 let pending = match (t.status, &t.pending_reversal) {
                     (TransferStatus::ReversalPending, Some(p)) => p,
@@ -881,6 +1127,7 @@ impl Decider for SellerTransfer {
                     reductions: Vec::new(),
                     reversal_refunds: Vec::new(),
                     stripe_reversal_ids: Vec::new(),
+                    anomalies: Vec::new(),
                 }),
             });
         }
@@ -900,7 +1147,10 @@ impl Decider for SellerTransfer {
                 at,
                 ..
             } => {
-                require(t.status == TransferStatus::Pending)?;
+                require(matches!(
+                    t.status,
+                    TransferStatus::Pending | TransferStatus::Indeterminate
+                ))?;
                 t.stripe_transfer_id = stripe_transfer_id.clone();
                 t.transferred_minor = amount.minor;
                 t.next_retry_at = None;
@@ -954,7 +1204,7 @@ impl Decider for SellerTransfer {
                 remaining,
                 ..
             } => {
-                require(t.status.is_unpaid())?;
+                require(t.status.is_unpaid() || t.status == TransferStatus::Indeterminate)?;
                 t.amount = *remaining;
                 t.reductions.push(*refund_id);
             }
@@ -975,6 +1225,7 @@ impl Decider for SellerTransfer {
                 t.pending_reversal = Some(PendingReversal {
                     refund_id: *refund_id,
                     amount_minor: amount.minor,
+                    attempt: 1,
                 });
                 t.reversal_refunds.push(*refund_id);
                 t.reversal_retry_count = 0;
@@ -988,7 +1239,7 @@ impl Decider for SellerTransfer {
                 at,
                 ..
             } => {
-                require(t.status == TransferStatus::ReversalPending)?;
+                require(reversal_open(t.status))?;
                 t.reversed_minor = *reversed_total_minor;
                 t.stripe_reversal_ids.push(stripe_reversal_id.clone());
                 t.pending_reversal = None;
@@ -1006,7 +1257,7 @@ impl Decider for SellerTransfer {
                 at,
                 ..
             } => {
-                require(t.status == TransferStatus::ReversalPending)?;
+                require(reversal_open(t.status))?;
                 t.reversed_minor = *reversed_total_minor;
                 t.pending_reversal = None;
                 t.next_retry_at = None;
@@ -1034,6 +1285,47 @@ impl Decider for SellerTransfer {
                 t.next_retry_at = None;
                 t.last_error = Some(error.clone());
                 move_to(&mut t, TransferStatus::ReversalFailed, *at);
+            }
+            TransferEvent::TransferOutcomeUnknown { error, at, .. } => {
+                require(t.status == TransferStatus::Pending)?;
+                t.next_retry_at = None;
+                t.last_error = Some(error.clone());
+                move_to(&mut t, TransferStatus::Indeterminate, *at);
+            }
+            TransferEvent::TransferAttemptAbsent {
+                absent_attempt,
+                attempt,
+                at,
+            } => {
+                require(t.status == TransferStatus::Indeterminate && t.attempt == *absent_attempt)?;
+                t.attempt = *attempt;
+                move_to(&mut t, TransferStatus::Pending, *at);
+            }
+            TransferEvent::TransferAnomalyRecorded {
+                kind, provider_id, ..
+            } => {
+                t.anomalies.push((*kind, provider_id.clone()));
+            }
+            TransferEvent::TransferReversalOutcomeUnknown { error, at, .. } => {
+                require(t.status == TransferStatus::ReversalPending)?;
+                t.next_retry_at = None;
+                t.last_error = Some(error.clone());
+                move_to(&mut t, TransferStatus::ReversalIndeterminate, *at);
+            }
+            TransferEvent::TransferReversalAttemptAbsent {
+                absent_attempt,
+                attempt,
+                at,
+                ..
+            } => {
+                let pending = t.pending_reversal.as_mut();
+                let matches = pending.as_ref().is_some_and(|p| p.attempt == *absent_attempt);
+                require(t.status == TransferStatus::ReversalIndeterminate && matches)?;
+                if let Some(p) = t.pending_reversal.as_mut() {
+                    p.attempt = *attempt;
+                }
+                t.reversal_retry_count = 0;
+                move_to(&mut t, TransferStatus::ReversalPending, *at);
             }
         }
         Ok(TransferState { transfer: Some(t) })

@@ -557,13 +557,24 @@ fn cancelled_statuses_cancel_the_order() {
 }
 
 #[test]
-fn unknown_status_is_rejected_not_guessed() {
+fn unknown_status_is_recorded_once_not_guessed() {
+    let recorded = anomaly(
+        PaymentAnomalyKind::UnrecognisedStatus,
+        "teleported",
+        None,
+        OrderStatus::Pending,
+        2,
+    );
     check::<Order>(
         &[placed(), initiated()],
         status("teleported", None, 2),
-        Err(R::UnrecognisedPaymentStatus {
-            status: "teleported".into(),
-        }),
+        Ok(vec![recorded.clone()]),
+    );
+    // Seen again: nothing new, and still not guessed at.
+    check::<Order>(
+        &[placed(), initiated(), recorded],
+        status("teleported", None, 3),
+        Ok(vec![]),
     );
 }
 

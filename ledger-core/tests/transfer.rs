@@ -1027,3 +1027,243 @@ fn impossible_history_is_invalid_not_a_panic() {
         assert!(SellerTransfer::fold(&events).is_err(), "{events:#?}");
     }
 }
+
+// ---- indeterminate outcomes: read before writing again ----
+
+fn unknown_event(attempt: u32, minute: i64) -> E {
+    E::TransferOutcomeUnknown {
+        attempt,
+        error: "HTTP 500 [replayed]".into(),
+        at: t(minute),
+    }
+}
+
+fn record_unknown(minute: i64) -> C {
+    C::RecordOutcomeUnknown {
+        error: "HTTP 500 [replayed]".into(),
+        now: t(minute),
+    }
+}
+
+fn is_indeterminate() -> Vec<E> {
+    vec![scheduled(), unknown_event(1, 1)]
+}
+
+#[test]
+fn an_unknown_outcome_makes_the_payout_indeterminate_once() {
+    check::<SellerTransfer>(&[scheduled()], record_unknown(1), Ok(vec![unknown_event(1, 1)]));
+    check::<SellerTransfer>(&is_indeterminate(), record_unknown(2), Ok(vec![]));
+    // A racing worker recorded the answer: nothing to do.
+    check::<SellerTransfer>(&is_completed(), record_unknown(2), Ok(vec![]));
+    check::<SellerTransfer>(
+        &is_cancelled(),
+        record_unknown(2),
+        Err(invalid(S::Cancelled, "RecordOutcomeUnknown")),
+    );
+    let state = SellerTransfer::fold(&is_indeterminate()).unwrap();
+    let t_ = state.transfer.unwrap();
+    assert_eq!(t_.status, S::Indeterminate);
+    assert_eq!(t_.status_since, t(1));
+}
+
+#[test]
+fn an_indeterminate_payout_is_never_retried_or_cancelled_blind() {
+    check::<SellerTransfer>(
+        &is_indeterminate(),
+        retry(true, 2),
+        Err(invalid(S::Indeterminate, "Retry")),
+    );
+    check::<SellerTransfer>(
+        &is_indeterminate(),
+        record_failed(true, 2),
+        Err(invalid(S::Indeterminate, "RecordFailed")),
+    );
+    check::<SellerTransfer>(
+        &is_indeterminate(),
+        C::Cancel {
+            reason: "x".into(),
+            now: t(2),
+        },
+        Err(invalid(S::Indeterminate, "Cancel")),
+    );
+}
+
+#[test]
+fn found_at_the_provider_completes_with_its_id_and_amount() {
+    check::<SellerTransfer>(
+        &is_indeterminate(),
+        record_succeeded(2_250, 3),
+        Ok(vec![completed_for(2_250, 2_250, 1, 3)]),
+    );
+}
+
+#[test]
+fn proven_absent_moves_to_a_new_key() {
+    let absent = E::TransferAttemptAbsent {
+        absent_attempt: 1,
+        attempt: 2,
+        at: t(3),
+    };
+    check::<SellerTransfer>(
+        &is_indeterminate(),
+        C::RecordAbsent {
+            attempt: 1,
+            now: t(3),
+        },
+        Ok(vec![absent.clone()]),
+    );
+    let mut history = is_indeterminate();
+    history.push(absent);
+    let state = SellerTransfer::fold(&history).unwrap();
+    assert_eq!(state.status(), Some(S::Pending));
+    assert_eq!(
+        state.idempotency_key().unwrap(),
+        format!("transfer:{}:2", tid())
+    );
+    // The same proof again, or a proof for an older attempt: nothing.
+    check::<SellerTransfer>(
+        &history,
+        C::RecordAbsent {
+            attempt: 1,
+            now: t(4),
+        },
+        Ok(vec![]),
+    );
+    // Absence cannot be claimed for a transfer whose call is not unknown.
+    check::<SellerTransfer>(
+        &[scheduled()],
+        C::RecordAbsent {
+            attempt: 1,
+            now: t(4),
+        },
+        Err(invalid(S::Pending, "RecordAbsent")),
+    );
+}
+
+#[test]
+fn a_refund_while_indeterminate_reduces_and_absence_then_cancels() {
+    check::<SellerTransfer>(
+        &is_indeterminate(),
+        reduce(1, 2_250, 2),
+        Ok(vec![reduced(1, 2_250, 0, 2)]),
+    );
+    let mut history = is_indeterminate();
+    history.push(reduced(1, 2_250, 0, 2));
+    check::<SellerTransfer>(
+        &history,
+        C::RecordAbsent {
+            attempt: 1,
+            now: t(3),
+        },
+        Ok(vec![
+            E::TransferAttemptAbsent {
+                absent_attempt: 1,
+                attempt: 2,
+                at: t(3),
+            },
+            E::TransferCancelled {
+                reason: "reduced to zero while its payout was indeterminate".into(),
+                at: t(3),
+            },
+        ]),
+    );
+    // Found instead: what moved is recorded, owing nothing (the excess is
+    // then reversed by the manager).
+    check::<SellerTransfer>(
+        &history,
+        record_succeeded(2_250, 3),
+        Ok(vec![completed_for(2_250, 0, 1, 3)]),
+    );
+}
+
+#[test]
+fn anomalies_are_recorded_once_per_kind_and_provider_object() {
+    use ledger_core::transfer::TransferAnomalyKind as K;
+    let cmd = |id: &str| C::RecordAnomaly {
+        kind: K::DuplicateAtProvider,
+        provider_id: Some(id.into()),
+        detail: "second payout".into(),
+        now: t(5),
+    };
+    let event = |id: &str| E::TransferAnomalyRecorded {
+        kind: K::DuplicateAtProvider,
+        provider_id: Some(id.into()),
+        detail: "second payout".into(),
+        at: t(5),
+    };
+    check::<SellerTransfer>(&is_completed(), cmd("tr_2"), Ok(vec![event("tr_2")]));
+    let mut history = is_completed();
+    history.push(event("tr_2"));
+    check::<SellerTransfer>(&history, cmd("tr_2"), Ok(vec![]));
+    check::<SellerTransfer>(&history, cmd("tr_3"), Ok(vec![event("tr_3")]));
+    // The status is untouched.
+    assert_eq!(
+        SellerTransfer::fold(&history).unwrap().status(),
+        Some(S::Completed)
+    );
+    assert!(K::DuplicateAtProvider.is_provider_mismatch());
+    assert!(!K::UnreadableAnswer.is_provider_mismatch());
+}
+
+fn reversal_unknown(attempt: u32, minute: i64) -> E {
+    E::TransferReversalOutcomeUnknown {
+        refund_id: refund_id(1),
+        attempt,
+        error: "timed out".into(),
+        at: t(minute),
+    }
+}
+
+#[test]
+fn a_reversal_whose_answer_was_lost_is_indeterminate_until_read() {
+    check::<SellerTransfer>(
+        &is_reversal_pending(1_000),
+        C::RecordReversalOutcomeUnknown {
+            error: "timed out".into(),
+            now: t(3),
+        },
+        Ok(vec![reversal_unknown(1, 3)]),
+    );
+    let mut history = is_reversal_pending(1_000);
+    history.push(reversal_unknown(1, 3));
+    assert_eq!(
+        SellerTransfer::fold(&history).unwrap().status(),
+        Some(S::ReversalIndeterminate)
+    );
+    // Never failed blind.
+    check::<SellerTransfer>(
+        &history,
+        reversal_fail_cmd(true, t(4)),
+        Err(invalid(S::ReversalIndeterminate, "RecordReversalFailed")),
+    );
+    // Found: recorded as reversed.
+    check::<SellerTransfer>(
+        &history,
+        C::RecordReversalSucceeded {
+            stripe_reversal_id: trr(1),
+            reversed_amount: usd_amount(1_000),
+            now: t(4),
+        },
+        Ok(vec![reversed(1, 1, 1_000, 1_000, 4)]),
+    );
+    // Absent: back to pending under the next attempt.
+    let absent = E::TransferReversalAttemptAbsent {
+        refund_id: refund_id(1),
+        absent_attempt: 1,
+        attempt: 2,
+        at: t(4),
+    };
+    check::<SellerTransfer>(
+        &history,
+        C::RecordReversalAbsent {
+            attempt: 1,
+            now: t(4),
+        },
+        Ok(vec![absent.clone()]),
+    );
+    history.push(absent);
+    let state = SellerTransfer::fold(&history).unwrap();
+    let t_ = state.transfer.unwrap();
+    assert_eq!(t_.status, S::ReversalPending);
+    assert_eq!(t_.pending_reversal.unwrap().attempt, 2);
+}

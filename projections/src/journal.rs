@@ -15,9 +15,10 @@
 //!    on it (its last refund event is not an open `RefundRequested`);
 //! 2. every seller with a share in the capture has a transfer stream, and that
 //!    transfer is `completed`, `partially_reversed`, `reversed` or `cancelled`
-//!    (not `pending`, `failed`, `permanently_failed`, `reversal_pending` or
-//!    `reversal_failed`, each of which still has money to move or an operator
-//!    to act);
+//!    (not `pending`, `failed`, `permanently_failed`, `indeterminate`,
+//!    `reversal_pending`, `reversal_indeterminate` or `reversal_failed`, each
+//!    of which still has money to move, a provider to read or an operator to
+//!    act);
 //! 3. every refund completed on the order (`RefundCompleted`) has been dealt
 //!    with on the transfer of each seller whose lines it refunded: a
 //!    `TransferReduced` or a resolved reversal (`TransferReversed` /
@@ -475,6 +476,13 @@ impl InvariantChecker {
             }
             TransferEvent::TransferReversalRetryScheduled { .. } => {}
             TransferEvent::TransferReversalFailed { .. } => t.status = "reversal_failed",
+            TransferEvent::TransferOutcomeUnknown { .. } => t.status = "indeterminate",
+            TransferEvent::TransferAttemptAbsent { .. } => t.status = "pending",
+            TransferEvent::TransferAnomalyRecorded { .. } => {}
+            TransferEvent::TransferReversalOutcomeUnknown { .. } => {
+                t.status = "reversal_indeterminate";
+            }
+            TransferEvent::TransferReversalAttemptAbsent { .. } => t.status = "reversal_pending",
         }
     }
 

@@ -30,7 +30,7 @@ use ledger_core::hash::{ChainError, ChainVerifier};
 use ledger_core::ids::StreamId;
 use ledger_core::order::{Order, OrderState};
 use ledger_core::refund::{Refund, RefundState};
-use ledger_core::transfer::{SellerTransfer, TransferState};
+use ledger_core::transfer::{SellerTransfer, TransferEvent, TransferState};
 use ledger_core::{Checkpoint, Decider, RecordedEvent, decode_any};
 use ledger_store::{EventStore, READ_BATCH_MAX, StoreError};
 use tokio::sync::mpsc;
@@ -70,6 +70,10 @@ pub enum FindingKind {
     /// A read model differs from a fresh rebuild (added by a projection
     /// diff hook).
     ProjectionDiff,
+    /// The provider's records disagree with the ledger's (a second payout
+    /// for one share, an object the ledger does not know, another amount):
+    /// a `TransferAnomalyRecorded` of such a kind.
+    ProviderMismatch,
 }
 
 impl FindingKind {
@@ -87,6 +91,7 @@ impl FindingKind {
             FindingKind::ReversedExceedsTransferred => "reversed_exceeds_transferred",
             FindingKind::SettledOrderNotZero => "settled_order_not_zero",
             FindingKind::ProjectionDiff => "projection_diff",
+            FindingKind::ProviderMismatch => "provider_mismatch",
         }
     }
 
@@ -331,6 +336,24 @@ impl Verifier {
                     };
                     match folded {
                         Ok(()) => {
+                            if let AnyEvent::Transfer(TransferEvent::TransferAnomalyRecorded {
+                                kind,
+                                provider_id,
+                                detail,
+                                ..
+                            }) = &event
+                                && kind.is_provider_mismatch()
+                            {
+                                found.push(finding(
+                                    FindingKind::ProviderMismatch,
+                                    e.stream_version,
+                                    format!(
+                                        "{} {}: {detail}",
+                                        kind.as_str(),
+                                        provider_id.as_deref().unwrap_or("-")
+                                    ),
+                                ));
+                            }
                             self.journal
                                 .push(&e.stream_id, e.stream_version, e.event_id, &event)
                         }

@@ -231,9 +231,12 @@ async fn already_reversed_is_logged() {
     h.stripe
         .create_reversal(
             &stripe_id,
-            ledger_core::ids::TransferId(uuid::Uuid::new_v4()),
-            1,
-            None,
+            &ledger_psp::CreateReversal {
+                reversal_key_id: ledger_core::ids::TransferId(uuid::Uuid::new_v4()),
+                attempt: 1,
+                amount: None,
+                metadata: Default::default(),
+            },
         )
         .await
         .unwrap();
@@ -275,6 +278,13 @@ impl StuckCandidates for Stale {
         _: u32,
     ) -> Result<Vec<StuckRow>, ManagerError> {
         Ok(self.2.clone())
+    }
+    async fn indeterminate_transfers(
+        &self,
+        _: DateTime<Utc>,
+        _: u32,
+    ) -> Result<Vec<StuckRow>, ManagerError> {
+        Ok(Vec::new())
     }
 }
 

@@ -6,12 +6,14 @@
 //! [`PspStatusReader`] is read-only: holding one cannot move money.
 
 use async_trait::async_trait;
-use ledger_core::Amount;
-use ledger_core::ids::{PaymentId, PspRefundId, StripeTransferId, TransferId};
+use ledger_core::ids::{PaymentId, PspRefundId, StripeTransferId};
 
 use crate::error::PspError;
 use crate::hyperswitch::{CreatePayment, CreateRefund, HyperswitchClient, PaymentView, RefundView};
-use crate::stripe::{CreateTransfer, ReversalOutcome, StripeClient, TransferView};
+use crate::stripe::{
+    CreateReversal, CreateTransfer, ReversalOutcome, ReversalView, StripeClient, TransferFilter,
+    TransferView,
+};
 
 /// Read-only PSP status, for the reconciler's force-sync sweep.
 #[async_trait]
@@ -27,18 +29,25 @@ pub trait PaymentGateway: PspStatusReader {
     async fn create_refund(&self, request: &CreateRefund) -> Result<RefundView, PspError>;
 }
 
+/// Read-only Stripe records: what the provider holds, for resolving a lost
+/// answer and for reconciling against the provider. Holding one cannot
+/// move money.
+#[async_trait]
+pub trait PayoutReader: Send + Sync {
+    async fn get_transfer(&self, id: &StripeTransferId) -> Result<TransferView, PspError>;
+    async fn list_transfers(&self, filter: &TransferFilter) -> Result<Vec<TransferView>, PspError>;
+    async fn list_reversals(&self, id: &StripeTransferId) -> Result<Vec<ReversalView>, PspError>;
+}
+
 /// Seller payouts (Stripe Connect).
 #[async_trait]
-pub trait PayoutGateway: Send + Sync {
+pub trait PayoutGateway: PayoutReader {
     async fn create_transfer(&self, request: &CreateTransfer) -> Result<TransferView, PspError>;
     async fn reverse_transfer(
         &self,
         stripe_transfer_id: &StripeTransferId,
-        reversal_key_id: TransferId,
-        attempt: u32,
-        amount: Option<Amount>,
+        reversal: &CreateReversal,
     ) -> Result<ReversalOutcome, PspError>;
-    async fn get_transfer(&self, id: &StripeTransferId) -> Result<TransferView, PspError>;
 }
 
 #[async_trait]
@@ -64,6 +73,21 @@ impl PaymentGateway for HyperswitchClient {
 }
 
 #[async_trait]
+impl PayoutReader for StripeClient {
+    async fn get_transfer(&self, id: &StripeTransferId) -> Result<TransferView, PspError> {
+        StripeClient::get_transfer(self, id).await
+    }
+
+    async fn list_transfers(&self, filter: &TransferFilter) -> Result<Vec<TransferView>, PspError> {
+        StripeClient::list_transfers(self, filter).await
+    }
+
+    async fn list_reversals(&self, id: &StripeTransferId) -> Result<Vec<ReversalView>, PspError> {
+        StripeClient::list_reversals(self, id).await
+    }
+}
+
+#[async_trait]
 impl PayoutGateway for StripeClient {
     async fn create_transfer(&self, request: &CreateTransfer) -> Result<TransferView, PspError> {
         StripeClient::create_transfer(self, request).await
@@ -72,15 +96,8 @@ impl PayoutGateway for StripeClient {
     async fn reverse_transfer(
         &self,
         stripe_transfer_id: &StripeTransferId,
-        reversal_key_id: TransferId,
-        attempt: u32,
-        amount: Option<Amount>,
+        reversal: &CreateReversal,
     ) -> Result<ReversalOutcome, PspError> {
-        StripeClient::reverse_transfer(self, stripe_transfer_id, reversal_key_id, attempt, amount)
-            .await
-    }
-
-    async fn get_transfer(&self, id: &StripeTransferId) -> Result<TransferView, PspError> {
-        StripeClient::get_transfer(self, id).await
+        StripeClient::reverse_transfer(self, stripe_transfer_id, reversal).await
     }
 }

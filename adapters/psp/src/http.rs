@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{PspError, bounded};
+use crate::error::{PspError, Signals, bounded};
 
 /// Default whole-request timeout: PSP calls normally answer in well under a
 /// second; ten seconds leaves room for a slow connector without stalling a
@@ -41,7 +41,35 @@ pub(crate) fn normalise_base(base_url: impl Into<String>) -> String {
 pub(crate) struct Answer {
     pub status: u16,
     pub body: Vec<u8>,
+    pub signals: Signals,
 }
+
+/// Reads `Idempotent-Replayed`, `Stripe-Should-Retry` and `Retry-After`
+/// (delta-seconds; the HTTP-date form is ignored, so it reads as absent).
+fn signals(headers: &reqwest::header::HeaderMap) -> Signals {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_ascii_lowercase())
+    };
+    let flag = |name: &str| match text(name).as_deref() {
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        _ => None,
+    };
+    Signals {
+        replayed: flag("idempotent-replayed") == Some(true),
+        should_retry: flag("stripe-should-retry"),
+        retry_after: text("retry-after")
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|secs| Duration::from_secs(secs.min(RETRY_AFTER_MAX_SECS))),
+    }
+}
+
+/// Longest `Retry-After` honoured: a broken or hostile value must not park
+/// a payout for days.
+pub const RETRY_AFTER_MAX_SECS: u64 = 3_600;
 
 impl Answer {
     pub fn is_success(&self) -> bool {
@@ -57,6 +85,7 @@ pub(crate) async fn send(
 ) -> Result<Answer, PspError> {
     let mut response = request.send().await.map_err(|e| transport(op, &e))?;
     let status = response.status().as_u16();
+    let signals = signals(response.headers());
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|e| transport(op, &e))? {
         if body.len() + chunk.len() > RESPONSE_BODY_MAX {
@@ -68,7 +97,11 @@ pub(crate) async fn send(
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(Answer { status, body })
+    Ok(Answer {
+        status,
+        body,
+        signals,
+    })
 }
 
 fn transport(op: &'static str, e: &reqwest::Error) -> PspError {
@@ -191,5 +224,6 @@ pub(crate) fn api_error(
         error_type: error.error_type,
         code: error.code,
         message: error.message,
+        signals: answer.signals,
     }
 }

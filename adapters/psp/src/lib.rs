@@ -28,15 +28,18 @@ pub mod signature;
 pub mod stripe;
 pub mod webhook;
 
-pub use error::PspError;
-pub use gateway::{PaymentGateway, PayoutGateway, PspStatusReader};
+pub use error::{CreateOutcome, PspError, Signals};
+pub use gateway::{PaymentGateway, PayoutGateway, PayoutReader, PspStatusReader};
 pub use http::{CONNECT_TIMEOUT_MAX, REQUEST_TIMEOUT_DEFAULT, RESPONSE_BODY_MAX};
 pub use hyperswitch::{CreatePayment, CreateRefund, HyperswitchClient, PaymentView, RefundView};
 pub use secret::Secret;
 pub use signature::{
     SignatureError, sign_hyperswitch, sign_stripe, verify_hyperswitch, verify_stripe,
 };
-pub use stripe::{CreateTransfer, ReversalOutcome, ReversalView, StripeClient, TransferView};
+pub use stripe::{
+    CreateReversal, CreateTransfer, ReversalOutcome, ReversalView, StripeClient, TransferFilter,
+    TransferView,
+};
 pub use webhook::{
     ContentType, Envelope, EnvelopeError, EventClass, EventType, PaymentObject, RefundObject,
     WebhookObject, event_type_best_effort, parse_envelope,

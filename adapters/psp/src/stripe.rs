@@ -11,6 +11,13 @@
 //! - [`StripeClient::reverse_transfer`] never POSTs a reversal for a transfer
 //!   that a GET shows fully reversed; the "already fully reversed" message is
 //!   only a fallback for the race between that GET and the POST.
+//! - Every transfer and reversal carries the ledger's ids and the attempt in
+//!   its `metadata`, so a lost answer can be found again by reading
+//!   ([`StripeClient::list_transfers`], [`StripeClient::list_reversals`])
+//!   instead of writing again.
+//! - A value the client cannot read (an unknown currency, a null where the
+//!   ledger needs a value) is a [`PspError::Decode`] naming the field; it is
+//!   never retried as if it were transient.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -63,7 +70,12 @@ pub struct TransferView {
     pub amount: Amount,
     pub amount_reversed: Amount,
     pub reversed: bool,
-    pub destination: SellerAccount,
+    /// Nullable in Stripe's reference; `None` when Stripe sent null.
+    pub destination: Option<SellerAccount>,
+    pub transfer_group: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    /// Unix seconds.
+    pub created: i64,
 }
 
 impl TransferView {
@@ -73,13 +85,32 @@ impl TransferView {
     }
 }
 
-/// A created reversal.
+/// A reversal as Stripe reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReversalView {
     pub id: StripeReversalId,
     pub amount: Amount,
     pub transfer: StripeTransferId,
+    pub metadata: BTreeMap<String, String>,
 }
+
+/// `GET /v1/transfers` filters. Every page is read (`has_more`), at most
+/// [`LIST_PAGES_MAX`] pages of [`LIST_PAGE_SIZE`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TransferFilter {
+    pub transfer_group: Option<String>,
+    /// `created[gte]`, unix seconds.
+    pub created_gte: Option<i64>,
+    /// `created[lt]`, unix seconds.
+    pub created_lt: Option<i64>,
+}
+
+/// Stripe's largest page.
+pub const LIST_PAGE_SIZE: u32 = 100;
+/// Pages one listing reads at most (10,000 objects): a window larger than
+/// that must be split by the caller, and says so instead of silently
+/// stopping.
+pub const LIST_PAGES_MAX: u32 = 100;
 
 /// What [`StripeClient::reverse_transfer`] achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +148,78 @@ impl StripeClient {
             http: http::build_client(timeout)?,
             base_url,
             secret_key,
+        })
+    }
+
+    /// Every transfer matching `filter`, newest first, all pages.
+    pub async fn list_transfers(
+        &self,
+        filter: &TransferFilter,
+    ) -> Result<Vec<TransferView>, PspError> {
+        const OP: &str = "stripe list_transfers";
+        let mut query = vec![("limit".to_owned(), LIST_PAGE_SIZE.to_string())];
+        if let Some(group) = &filter.transfer_group {
+            query.push(("transfer_group".to_owned(), group.clone()));
+        }
+        if let Some(gte) = filter.created_gte {
+            query.push(("created[gte]".to_owned(), gte.to_string()));
+        }
+        if let Some(lt) = filter.created_lt {
+            query.push(("created[lt]".to_owned(), lt.to_string()));
+        }
+        let raw: Vec<wire::Transfer> = self.list(OP, &["v1", "transfers"], query).await?;
+        raw.into_iter()
+            .map(|t| transfer_from_wire(OP, t))
+            .collect()
+    }
+
+    /// Every reversal of a transfer, newest first, all pages.
+    pub async fn list_reversals(
+        &self,
+        stripe_transfer_id: &StripeTransferId,
+    ) -> Result<Vec<ReversalView>, PspError> {
+        const OP: &str = "stripe list_reversals";
+        let segments = ["v1", "transfers", stripe_transfer_id.as_str(), "reversals"];
+        let query = vec![("limit".to_owned(), LIST_PAGE_SIZE.to_string())];
+        let raw: Vec<wire::Reversal> = self.list(OP, &segments, query).await?;
+        raw.into_iter()
+            .map(|r| reversal_from_wire(OP, r))
+            .collect()
+    }
+
+    /// Reads a Stripe list to its end with `starting_after` cursors.
+    async fn list<T: serde::de::DeserializeOwned + HasId>(
+        &self,
+        op: &'static str,
+        segments: &[&str],
+        query: Vec<(String, String)>,
+    ) -> Result<Vec<T>, PspError> {
+        let mut out: Vec<T> = Vec::new();
+        for _ in 0..LIST_PAGES_MAX {
+            let mut page_query = query.clone();
+            if let Some(last) = out.last() {
+                page_query.push(("starting_after".to_owned(), last.id().to_owned()));
+            }
+            let request = self
+                .get_request(self.url(segments)?)
+                .query(&page_query);
+            let answer = http::send(op, request).await?;
+            if !answer.is_success() {
+                return Err(api_error(op, &answer));
+            }
+            let page: wire::List<T> = http::decode(op, &answer)?;
+            let has_more = page.has_more && !page.data.is_empty();
+            out.extend(page.data);
+            if !has_more {
+                return Ok(out);
+            }
+        }
+        Err(PspError::InvalidRequest {
+            op,
+            reason: format!(
+                "more than {} objects match; narrow the window",
+                u64::from(LIST_PAGES_MAX) * u64::from(LIST_PAGE_SIZE)
+            ),
         })
     }
 
@@ -161,8 +264,7 @@ impl StripeClient {
     pub async fn get_transfer(&self, id: &StripeTransferId) -> Result<TransferView, PspError> {
         const OP: &str = "stripe get_transfer";
         let url = self.url(&["v1", "transfers", id.as_str()])?;
-        let request = self.http.get(url).bearer_auth(self.secret_key.expose());
-        let answer = http::send(OP, request).await?;
+        let answer = http::send(OP, self.get_request(url)).await?;
         if !answer.is_success() {
             return Err(api_error(OP, &answer));
         }
@@ -175,12 +277,26 @@ impl StripeClient {
     pub async fn create_reversal(
         &self,
         stripe_transfer_id: &StripeTransferId,
-        reversal_key_id: TransferId,
-        attempt: u32,
-        amount: Option<Amount>,
+        reversal: &CreateReversal,
     ) -> Result<ReversalView, PspError> {
         const OP: &str = "stripe create_reversal";
-        let mut form = Vec::new();
+        let CreateReversal {
+            reversal_key_id,
+            attempt,
+            amount,
+            metadata,
+        } = reversal;
+        let (reversal_key_id, attempt, amount) = (*reversal_key_id, *attempt, *amount);
+        if metadata.len() > METADATA_KEYS_MAX {
+            return Err(PspError::InvalidRequest {
+                op: OP,
+                reason: format!("metadata has more than {METADATA_KEYS_MAX} keys"),
+            });
+        }
+        let mut form: Vec<(String, String)> = metadata
+            .iter()
+            .map(|(key, value)| (format!("metadata[{key}]"), value.clone()))
+            .collect();
         if let Some(amount) = amount {
             if !amount.is_positive() {
                 return Err(PspError::InvalidRequest {
@@ -197,13 +313,7 @@ impl StripeClient {
             return Err(api_error(OP, &answer));
         }
         let raw: wire::Reversal = http::decode(OP, &answer)?;
-        let currency = currency(OP, &answer, &raw.currency)?;
-        Ok(ReversalView {
-            id: StripeReversalId::new(raw.id).map_err(|e| http::invalid(OP, &answer, e))?,
-            amount: Amount::new(raw.amount, currency),
-            transfer: StripeTransferId::new(raw.transfer)
-                .map_err(|e| http::invalid(OP, &answer, e))?,
-        })
+        reversal_from_wire(OP, raw)
     }
 
     /// Reverses a transfer unless it is already fully reversed.
@@ -215,9 +325,7 @@ impl StripeClient {
     pub async fn reverse_transfer(
         &self,
         stripe_transfer_id: &StripeTransferId,
-        reversal_key_id: TransferId,
-        attempt: u32,
-        amount: Option<Amount>,
+        reversal: &CreateReversal,
     ) -> Result<ReversalOutcome, PspError> {
         let transfer = self.get_transfer(stripe_transfer_id).await?;
         if transfer.is_fully_reversed() {
@@ -225,10 +333,7 @@ impl StripeClient {
                 amount_reversed: transfer.amount_reversed,
             });
         }
-        match self
-            .create_reversal(stripe_transfer_id, reversal_key_id, attempt, amount)
-            .await
-        {
+        match self.create_reversal(stripe_transfer_id, reversal).await {
             Ok(reversal) => Ok(ReversalOutcome::Reversed(reversal)),
             Err(error) if error.is_already_fully_reversed() => {
                 tracing::info!(
@@ -265,6 +370,10 @@ impl StripeClient {
         http::send(op, request).await
     }
 
+    fn get_request(&self, url: Url) -> reqwest::RequestBuilder {
+        self.http.get(url).bearer_auth(self.secret_key.expose())
+    }
+
     fn url(&self, segments: &[&str]) -> Result<Url, PspError> {
         let mut url = self.base_url.clone();
         url.path_segments_mut()
@@ -279,9 +388,6 @@ fn lower(currency: Currency) -> String {
     currency.as_str().to_ascii_lowercase()
 }
 
-fn currency(op: &'static str, answer: &Answer, text: &str) -> Result<Currency, PspError> {
-    Currency::parse(&text.to_ascii_uppercase()).map_err(|e| http::invalid(op, answer, e))
-}
 
 /// Stripe: only `resource_missing` means the object is missing.
 fn api_error(op: &'static str, answer: &Answer) -> PspError {
@@ -292,20 +398,84 @@ fn api_error(op: &'static str, answer: &Answer) -> PspError {
 
 fn transfer_view(op: &'static str, answer: &Answer) -> Result<TransferView, PspError> {
     let raw: wire::Transfer = http::decode(op, answer)?;
-    let currency = currency(op, answer, &raw.currency)?;
+    transfer_from_wire(op, raw)
+}
+
+/// A `Decode` error naming the field and the value that could not be read.
+fn unreadable(op: &'static str, field: &str, value: impl std::fmt::Display) -> PspError {
+    PspError::Decode {
+        op,
+        status: 200,
+        reason: crate::error::bounded(&format!("{field}: {value}")),
+    }
+}
+
+fn parse_currency(op: &'static str, text: &str) -> Result<Currency, PspError> {
+    Currency::parse(&text.to_ascii_uppercase()).map_err(|e| unreadable(op, "currency", e))
+}
+
+fn transfer_from_wire(op: &'static str, raw: wire::Transfer) -> Result<TransferView, PspError> {
+    let currency = parse_currency(op, &raw.currency)?;
+    let destination = match raw.destination {
+        Some(d) => Some(SellerAccount::new(d).map_err(|e| unreadable(op, "destination", e))?),
+        None => None,
+    };
     Ok(TransferView {
-        id: StripeTransferId::new(raw.id).map_err(|e| http::invalid(op, answer, e))?,
+        id: StripeTransferId::new(raw.id).map_err(|e| unreadable(op, "id", e))?,
         amount: Amount::new(raw.amount, currency),
         amount_reversed: Amount::new(raw.amount_reversed, currency),
         reversed: raw.reversed,
-        destination: SellerAccount::new(raw.destination)
-            .map_err(|e| http::invalid(op, answer, e))?,
+        destination,
+        transfer_group: raw.transfer_group,
+        metadata: raw.metadata,
+        created: raw.created,
     })
+}
+
+fn reversal_from_wire(op: &'static str, raw: wire::Reversal) -> Result<ReversalView, PspError> {
+    let currency = parse_currency(op, &raw.currency)?;
+    Ok(ReversalView {
+        id: StripeReversalId::new(raw.id).map_err(|e| unreadable(op, "id", e))?,
+        amount: Amount::new(raw.amount, currency),
+        transfer: StripeTransferId::new(raw.transfer)
+            .map_err(|e| unreadable(op, "transfer", e))?,
+        metadata: raw.metadata,
+    })
+}
+
+/// List items are paged by their `id`.
+trait HasId {
+    fn id(&self) -> &str;
+}
+
+impl HasId for wire::Transfer {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl HasId for wire::Reversal {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// `POST /v1/transfers/{id}/reversals`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateReversal {
+    /// With `attempt`, the idempotency key `reversal:{reversal_key_id}:{attempt}`.
+    pub reversal_key_id: TransferId,
+    pub attempt: u32,
+    /// `None` reverses whatever remains.
+    pub amount: Option<Amount>,
+    pub metadata: BTreeMap<String, String>,
 }
 
 mod wire {
     use super::*;
 
+    /// Stripe's reference: `destination` and `transfer_group` are nullable;
+    /// `metadata` is always an object.
     #[derive(Deserialize)]
     pub(super) struct Transfer {
         pub id: String,
@@ -313,7 +483,13 @@ mod wire {
         pub amount_reversed: i64,
         pub currency: String,
         pub reversed: bool,
-        pub destination: String,
+        pub destination: Option<String>,
+        #[serde(default)]
+        pub transfer_group: Option<String>,
+        #[serde(default)]
+        pub metadata: BTreeMap<String, String>,
+        #[serde(default)]
+        pub created: i64,
     }
 
     #[derive(Deserialize)]
@@ -322,6 +498,15 @@ mod wire {
         pub amount: i64,
         pub currency: String,
         pub transfer: String,
+        #[serde(default)]
+        pub metadata: BTreeMap<String, String>,
+    }
+
+    /// `{"object":"list","data":[…],"has_more":…}`.
+    #[derive(Deserialize)]
+    pub(super) struct List<T> {
+        pub data: Vec<T>,
+        pub has_more: bool,
     }
 }
 

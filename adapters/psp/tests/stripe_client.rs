@@ -36,7 +36,7 @@ async fn create_and_get_transfer() {
     assert_eq!(view.amount, usd(875));
     assert_eq!(view.amount_reversed, usd(0));
     assert!(!view.reversed);
-    assert_eq!(view.destination.as_str(), "acct_seller1");
+    assert_eq!(view.destination.as_ref().unwrap().as_str(), "acct_seller1");
     assert_eq!(client.get_transfer(&view.id).await.unwrap(), view);
 
     let stored = fake.transfer(view.id.as_str()).unwrap();
@@ -83,7 +83,7 @@ async fn requests_are_form_encoded_with_bearer_and_the_documented_key() {
     );
     let id = StripeTransferId::new("tr_1").unwrap();
     client
-        .create_reversal(&id, reversal_key(9), 2, Some(usd(100)))
+        .create_reversal(&id, &rev(reversal_key(9), 2, Some(usd(100))))
         .await
         .unwrap();
     let captured = &stub.captured()[1];
@@ -215,7 +215,7 @@ async fn missing_transfer_is_not_found_and_bad_key_is_unauthorized() {
     assert_eq!(error.code(), Some("resource_missing"));
 
     let error = stripe(&fake)
-        .reverse_transfer(&missing, reversal_key(1), 0, None)
+        .reverse_transfer(&missing, &rev(reversal_key(1), 0, None))
         .await
         .unwrap_err();
     assert!(error.is_not_found());
@@ -252,7 +252,7 @@ async fn reverse_transfer_reverses_partially_then_the_rest() {
         .unwrap();
 
     let outcome = client
-        .reverse_transfer(&created.id, reversal_key(10), 0, Some(usd(400)))
+        .reverse_transfer(&created.id, &rev(reversal_key(10), 0, Some(usd(400))))
         .await
         .unwrap();
     let ReversalOutcome::Reversed(first) = outcome else {
@@ -263,7 +263,7 @@ async fn reverse_transfer_reverses_partially_then_the_rest() {
     assert_eq!(first.transfer, created.id);
 
     let outcome = client
-        .reverse_transfer(&created.id, reversal_key(11), 0, None)
+        .reverse_transfer(&created.id, &rev(reversal_key(11), 0, None))
         .await
         .unwrap();
     let ReversalOutcome::Reversed(rest) = outcome else {
@@ -283,13 +283,13 @@ async fn already_reversed_is_detected_by_get_without_posting() {
     let client = stripe(&fake);
     let created = client.create_transfer(&transfer(20, 0, 700)).await.unwrap();
     client
-        .reverse_transfer(&created.id, reversal_key(20), 0, None)
+        .reverse_transfer(&created.id, &rev(reversal_key(20), 0, None))
         .await
         .unwrap();
     let posts_before = fake.counters().requests_to(Endpoint::CreateReversal);
 
     let outcome = client
-        .reverse_transfer(&created.id, reversal_key(21), 0, None)
+        .reverse_transfer(&created.id, &rev(reversal_key(21), 0, None))
         .await
         .unwrap();
     assert_eq!(
@@ -313,7 +313,7 @@ async fn already_reversed_falls_back_to_the_message_when_the_get_was_stale() {
     let client = stripe(&fake);
     let created = client.create_transfer(&transfer(30, 0, 900)).await.unwrap();
     client
-        .reverse_transfer(&created.id, reversal_key(30), 0, None)
+        .reverse_transfer(&created.id, &rev(reversal_key(30), 0, None))
         .await
         .unwrap();
 
@@ -332,14 +332,14 @@ async fn already_reversed_falls_back_to_the_message_when_the_get_was_stale() {
     );
 
     let direct = client
-        .create_reversal(&created.id, reversal_key(31), 0, None)
+        .create_reversal(&created.id, &rev(reversal_key(31), 0, None))
         .await
         .unwrap_err();
     assert!(direct.is_already_fully_reversed(), "{direct}");
     assert!(!direct.is_transient());
 
     let outcome = client
-        .reverse_transfer(&created.id, reversal_key(32), 0, None)
+        .reverse_transfer(&created.id, &rev(reversal_key(32), 0, None))
         .await
         .unwrap();
     assert_eq!(
@@ -357,9 +357,18 @@ async fn the_payout_gateway_trait_drives_the_real_client() {
     let gateway: Box<dyn PayoutGateway> = Box::new(stripe(&fake));
     let created = gateway.create_transfer(&transfer(40, 0, 50)).await.unwrap();
     let outcome = gateway
-        .reverse_transfer(&created.id, reversal_key(40), 0, None)
+        .reverse_transfer(&created.id, &rev(reversal_key(40), 0, None))
         .await
         .unwrap();
     assert!(matches!(outcome, ReversalOutcome::Reversed(_)));
     assert!(gateway.get_transfer(&created.id).await.unwrap().reversed);
+}
+
+fn rev(key: TransferId, attempt: u32, amount: Option<ledger_core::Amount>) -> ledger_psp::CreateReversal {
+    ledger_psp::CreateReversal {
+        reversal_key_id: key,
+        attempt,
+        amount,
+        metadata: Default::default(),
+    }
 }

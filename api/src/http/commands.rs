@@ -116,7 +116,6 @@ pub fn order_rejection(e: OrderRejection) -> ApiError {
         OrderRejection::NonPositiveAmount { .. } => "non_positive_amount",
         OrderRejection::DuplicateProduct { .. } => "duplicate_product",
         OrderRejection::AmountOverflow => "amount_overflow",
-        OrderRejection::UnrecognisedPaymentStatus { .. } => "unrecognised_payment_status",
         OrderRejection::NothingToRefund => "nothing_to_refund",
         OrderRejection::UnknownProduct { .. } => "unknown_product",
         OrderRejection::LineAlreadyRefunded { .. } => "line_already_refunded",

@@ -16,6 +16,7 @@ use ledger_core::events::StreamKind;
 use ledger_core::ids::StreamId;
 use ledger_core::order::{Order, OrderStatus};
 use ledger_core::refund::{Refund, RefundStatus};
+use ledger_core::transfer::{SellerTransfer, TransferStatus};
 use ledger_store::handle::load;
 use ledger_store::{EventStore, READ_BATCH_MAX};
 use serde::{Deserialize, Serialize};
@@ -55,6 +56,14 @@ pub trait StuckCandidates: Send + Sync + std::fmt::Debug {
     /// `requested` refunds with no Hyperswitch refund id, `status_since <
     /// older_than`, oldest first, at most `limit`.
     async fn orphan_refunds(
+        &self,
+        older_than: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<StuckRow>, ManagerError>;
+    /// `indeterminate` and `reversal_indeterminate` transfers (a Stripe
+    /// create whose answer was lost), `status_since < older_than`, oldest
+    /// first, at most `limit`.
+    async fn indeterminate_transfers(
         &self,
         older_than: DateTime<Utc>,
         limit: u32,
@@ -178,6 +187,14 @@ const STUCK_REFUNDS: Sql = Sql {
     filter: "status = 'submitted' and hyperswitch_refund_id is not null and hyperswitch_refund_id <> ''",
 };
 
+const INDETERMINATE_TRANSFERS: Sql = Sql {
+    prefix: "transfer",
+    table: "seller_transfer_view",
+    id: "transfer_id",
+    psp_id: "stripe_transfer_id",
+    filter: "status in ('indeterminate', 'reversal_indeterminate')",
+};
+
 const ORPHAN_REFUNDS: Sql = Sql {
     prefix: "refund",
     table: "refund_view",
@@ -210,6 +227,14 @@ impl StuckCandidates for QueryCandidates {
         limit: u32,
     ) -> Result<Vec<StuckRow>, ManagerError> {
         self.rows(&ORPHAN_REFUNDS, older_than, limit).await
+    }
+
+    async fn indeterminate_transfers(
+        &self,
+        older_than: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<StuckRow>, ManagerError> {
+        self.rows(&INDETERMINATE_TRANSFERS, older_than, limit).await
     }
 }
 
@@ -331,5 +356,33 @@ impl StuckCandidates for StreamScanCandidates {
     ) -> Result<Vec<StuckRow>, ManagerError> {
         self.refunds(RefundStatus::Requested, older_than, limit)
             .await
+    }
+
+    async fn indeterminate_transfers(
+        &self,
+        older_than: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<StuckRow>, ManagerError> {
+        let mut rows = Vec::new();
+        for stream in self.streams(StreamKind::Transfer).await? {
+            let loaded = load::<SellerTransfer, _>(&*self.events, &stream)
+                .await
+                .map_err(|e| super::handle_error(&stream, "load", e))?;
+            if let Some(t) = loaded.state.transfer
+                && matches!(
+                    t.status,
+                    TransferStatus::Indeterminate | TransferStatus::ReversalIndeterminate
+                )
+                && t.status_since < older_than
+            {
+                rows.push(StuckRow {
+                    stream_id: stream.to_string(),
+                    status: t.status.as_str().to_owned(),
+                    status_since: t.status_since,
+                    psp_id: t.stripe_transfer_id.map(|p| p.to_string()),
+                });
+            }
+        }
+        Ok(oldest(rows, limit))
     }
 }

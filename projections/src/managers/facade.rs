@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use ledger_core::ids::TransferId;
 use ledger_core::order::PlacedOrder;
-use ledger_psp::{PaymentGateway, PayoutGateway, PspStatusReader};
+use ledger_psp::{PaymentGateway, PayoutGateway, PayoutReader, PspStatusReader};
 use ledger_store::EventStore;
 use ledger_store::work::WorkStore;
 use serde::Serialize;
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::candidates::StuckCandidates;
 use super::config::ManagerConfig;
 use super::feed::{FEED_BATCH, FeedKind, WorkFeed};
-use super::reconcile::{ReconcileReport, Reconciler};
+use super::reconcile::{ProviderReport, ReconcileReport, Reconciler};
 use super::transfer::RetriedTransfer;
 use super::worker::{CLAIM_LIMIT, WorkerKind, WorkerReport, run_pass};
 use super::{Ctx, ManagerError, payment, transfer};
@@ -120,7 +120,14 @@ impl Managers {
             })
             .collect();
         let feed_status = projectors.iter().map(Projector::subscribe).collect();
-        let reconciler = Reconciler::new(ctx.clone(), reader, candidates, config.reconcile);
+        let payouts_reader: Arc<dyn PayoutReader> = ctx.payouts.clone();
+        let reconciler = Reconciler::new(
+            ctx.clone(),
+            reader,
+            payouts_reader,
+            candidates,
+            config.reconcile,
+        );
         Managers {
             inner: Arc::new(Inner {
                 ctx,
@@ -214,8 +221,21 @@ impl Managers {
         self.inner.reconciler.reconcile_once(now).await
     }
 
-    /// `POST /v1/admin/transfers/{id}/retry`: an operator's retry of a
-    /// `failed` or `permanently_failed` transfer, then its payout queued.
+    /// `ledger reconcile --provider` and `POST /v1/admin/reconcile/provider`:
+    /// Stripe's transfers created in `[from, to)` matched against the
+    /// ledger.
+    pub async fn reconcile_provider(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<ProviderReport, ManagerError> {
+        self.inner.reconciler.reconcile_provider(from, to, now).await
+    }
+
+    /// `POST /v1/admin/transfers/{id}/retry`: an operator's retry. An
+    /// `indeterminate` payout or reversal is read at Stripe first; a
+    /// `failed` or `permanently_failed` one goes back to `pending`.
     pub async fn retry_transfer_now(
         &self,
         transfer_id: TransferId,

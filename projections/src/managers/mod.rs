@@ -37,6 +37,7 @@ mod feed;
 mod payment;
 mod reconcile;
 mod refund;
+mod resolve;
 mod reversal;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -61,7 +62,11 @@ pub use config::*;
 pub use facade::{FEED_ATTEMPTS_MAX, ManagerDeps, Managers, RunReport};
 pub use feed::{FEED_BATCH, FeedKind, WorkFeed};
 pub use ledger_store::work::{MemoryWorkStore, WorkItem, WorkOrder};
-pub use reconcile::{ClassReport, ReconcileAction, ReconcileFailure, ReconcileReport, Reconciler};
+pub use reconcile::{
+    ClassReport, INDETERMINATE_SWEEP_AFTER, ProviderAnomaly, ProviderReport, ReconcileAction,
+    ReconcileFailure, ReconcileReport, Reconciler,
+};
+pub use resolve::{INDETERMINATE_READ_DELAY, KEY_TRUSTED_FOR};
 pub use reversal::{REVERSAL_ATTEMPT, reversal_key_id};
 pub use transfer::RetriedTransfer;
 pub use worker::{
@@ -216,31 +221,6 @@ fn before(now: DateTime<Utc>, delay: std::time::Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
-/// How a failed PSP call is treated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PspFailure {
-    /// Outcome unknown or "come back later": retry with the same id/key.
-    Transient,
-    /// Nothing is wrong with this object; the deployment is (bad API key,
-    /// broken client setup), or the idempotency key met different
-    /// parameters (an earlier call may have succeeded). Retrying later
-    /// with the same key is the only safe move; an operator must look.
-    NeedsOperator,
-    /// The PSP answered for this object: record it through the core.
-    Definitive,
-}
-
-fn classify(e: &PspError) -> PspFailure {
-    match e {
-        _ if e.is_transient() => PspFailure::Transient,
-        PspError::Unauthorized { .. } | PspError::Config(_) => PspFailure::NeedsOperator,
-        PspError::Api { error_type, .. } if error_type.as_deref() == Some("idempotency_error") => {
-            PspFailure::NeedsOperator
-        }
-        _ => PspFailure::Definitive,
-    }
-}
-
 /// "42m", "1h5m", "3d2h", "12s": how long something was stuck, for humans.
 pub fn human_duration(d: TimeDelta) -> String {
     let secs = d.num_seconds().max(0);
@@ -268,28 +248,5 @@ mod tests {
         assert_eq!(human_duration(TimeDelta::hours(50)), "2d2h");
         assert_eq!(human_duration(TimeDelta::days(3)), "3d");
         assert_eq!(human_duration(TimeDelta::seconds(-5)), "0s");
-    }
-
-    #[test]
-    fn idempotency_conflicts_and_bad_keys_are_never_definitive() {
-        let api = |status: u16, error_type: Option<&str>| PspError::Api {
-            op: "t",
-            status,
-            error_type: error_type.map(str::to_owned),
-            code: None,
-            message: "m".into(),
-        };
-        assert_eq!(classify(&api(503, None)), PspFailure::Transient);
-        assert_eq!(classify(&api(400, None)), PspFailure::Definitive);
-        assert_eq!(
-            classify(&api(400, Some("idempotency_error"))),
-            PspFailure::NeedsOperator
-        );
-        let unauthorized = PspError::Unauthorized {
-            op: "t",
-            code: None,
-            message: "m".into(),
-        };
-        assert_eq!(classify(&unauthorized), PspFailure::NeedsOperator);
     }
 }

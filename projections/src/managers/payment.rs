@@ -14,11 +14,12 @@ use chrono::{DateTime, Utc};
 use ledger_core::Amount;
 use ledger_core::ids::payment_id_for;
 use ledger_core::order::{Order, OrderCommand, OrderStatus, PlacedOrder};
-use ledger_psp::{CreatePayment, PaymentView};
+use ledger_psp::{CreateOutcome, CreatePayment, PaymentView, PspError};
 use ledger_store::work::WorkItem;
 
 use super::worker::{Step, stream_of};
-use super::{Actor, Ctx, ManagerError, PspFailure, classify};
+use super::resolve::INDETERMINATE_READ_DELAY;
+use super::{Actor, Ctx, ManagerError};
 
 const NAME: &str = "payment";
 const ACTOR: Actor = Actor::worker(NAME);
@@ -39,43 +40,102 @@ pub(crate) async fn step(
         tracing::debug!(stream_id = %stream, status = %order.status, "payment: already initiated");
         return Ok(Step::Done);
     }
+    let payment_id = payment_id_for(order.order_id);
+    // An earlier try of this row may have reached Hyperswitch: read before
+    // creating again (the payment id is ours, so a read finds it).
+    if item.attempts > 0 {
+        match ctx.payments.get_payment_status(&payment_id).await {
+            Ok(view) => {
+                tracing::info!(
+                    stream_id = %stream, payment_id = %payment_id, psp_status = %view.status,
+                    cause = "read before creating again",
+                    "payment: Hyperswitch has the payment an earlier try made; recording it"
+                );
+                record(ctx, &order, &view, now).await?;
+                return Ok(Step::Done);
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return failed(ctx, &order, item, now, e).await,
+        }
+    }
     match initiate(ctx, &order, now).await {
         Ok(_) => Ok(Step::Done),
-        Err(ManagerError::Psp(e)) => match classify(&e) {
-            PspFailure::Transient | PspFailure::NeedsOperator => {
-                let due_at = ctx.work_retry_at(now, item.attempts);
-                tracing::warn!(
-                    stream_id = %stream, payment_id = %payment_id_for(order.order_id),
-                    attempts = item.attempts, retry_at = %due_at, error = %e,
-                    "payment: Hyperswitch create failed; retrying with the same payment_id"
-                );
-                Ok(Step::Later {
-                    due_at,
-                    error: Some(e.to_string()),
-                })
-            }
-            PspFailure::Definitive => {
-                let payment_id = payment_id_for(order.order_id);
-                let reason = format!("the payment could not be created: {e}");
-                let handled = ctx
-                    .run::<Order>(
-                        &stream,
-                        &format!("payment:{payment_id}:create-refused"),
-                        ACTOR,
-                        &OrderCommand::CancelOrder { reason, now },
-                        "CancelOrder",
-                    )
-                    .await?;
-                tracing::error!(
-                    stream_id = %stream, payment_id = %payment_id, from_status = "created",
-                    to_status = %handled.state.status().map_or("none", |s| s.as_str()),
-                    error = %e,
-                    "payment: Hyperswitch refused the payment; order cancelled"
-                );
-                Ok(Step::Done)
-            }
-        },
+        Err(ManagerError::Psp(e)) => failed(ctx, &order, item, now, e).await,
         Err(other) => Err(other),
+    }
+}
+
+/// What a failed create or read of the payment means for the order.
+async fn failed(
+    ctx: &Ctx,
+    order: &PlacedOrder,
+    item: &WorkItem,
+    now: DateTime<Utc>,
+    e: PspError,
+) -> Result<Step, ManagerError> {
+    let stream = order.order_id.stream_id();
+    let payment_id = payment_id_for(order.order_id);
+    match e.create_outcome() {
+        CreateOutcome::RetrySameKey { after } => {
+            let mut due_at = ctx.work_retry_at(now, item.attempts);
+            if let Some(wait) = after {
+                due_at = due_at.max(super::after(now, wait));
+            }
+            tracing::warn!(
+                stream_id = %stream, payment_id = %payment_id,
+                attempts = item.attempts, retry_at = %due_at, error = %e,
+                "payment: Hyperswitch did not take the call; retrying with the same payment_id"
+            );
+            Ok(Step::Later {
+                due_at,
+                error: Some(e.to_string()),
+            })
+        }
+        CreateOutcome::Unknown | CreateOutcome::NeedsOperator => {
+            let due_at = if e.create_outcome() == CreateOutcome::Unknown {
+                super::after(now, INDETERMINATE_READ_DELAY)
+            } else {
+                ctx.work_retry_at(now, item.attempts)
+            };
+            tracing::warn!(
+                stream_id = %stream, payment_id = %payment_id,
+                attempts = item.attempts, read_at = %due_at, error = %e,
+                "payment: Hyperswitch's answer leaves the payment unknown; reading it before creating again"
+            );
+            Ok(Step::Later {
+                due_at,
+                error: Some(e.to_string()),
+            })
+        }
+        CreateOutcome::Unreadable => {
+            // Retrying would read the same thing; the order stays `created`
+            // for an operator, who finds this line and the work row's error.
+            tracing::error!(
+                stream_id = %stream, payment_id = %payment_id, from_status = "created",
+                to_status = "created", error = %e,
+                "payment: Hyperswitch's answer cannot be read; the order waits for an operator"
+            );
+            Ok(Step::Done)
+        }
+        CreateOutcome::Refused => {
+            let reason = format!("the payment could not be created: {e}");
+            let handled = ctx
+                .run::<Order>(
+                    &stream,
+                    &format!("payment:{payment_id}:create-refused"),
+                    ACTOR,
+                    &OrderCommand::CancelOrder { reason, now },
+                    "CancelOrder",
+                )
+                .await?;
+            tracing::error!(
+                stream_id = %stream, payment_id = %payment_id, from_status = "created",
+                to_status = %handled.state.status().map_or("none", |s| s.as_str()),
+                error = %e,
+                "payment: Hyperswitch refused the payment; order cancelled"
+            );
+            Ok(Step::Done)
+        }
     }
 }
 
@@ -86,7 +146,6 @@ pub(crate) async fn initiate(
     order: &PlacedOrder,
     now: DateTime<Utc>,
 ) -> Result<PaymentView, ManagerError> {
-    let stream = order.order_id.stream_id();
     let payment_id = payment_id_for(order.order_id);
     let request = CreatePayment {
         payment_id: payment_id.clone(),
@@ -96,6 +155,20 @@ pub(crate) async fn initiate(
         metadata: BTreeMap::from([("order_id".to_owned(), order.order_id.to_string())]),
     };
     let view = ctx.payments.create_payment(&request).await?;
+    record(ctx, order, &view, now).await?;
+    Ok(view)
+}
+
+/// Records a payment Hyperswitch has: `PaymentInitiated`, and its status
+/// when the PSP already answered a terminal one.
+async fn record(
+    ctx: &Ctx,
+    order: &PlacedOrder,
+    view: &PaymentView,
+    now: DateTime<Utc>,
+) -> Result<(), ManagerError> {
+    let stream = order.order_id.stream_id();
+    let payment_id = payment_id_for(order.order_id);
     ctx.run::<Order>(
         &stream,
         &format!("payment:{payment_id}:initiate"),
@@ -130,10 +203,11 @@ pub(crate) async fn initiate(
         stream_id = %stream, payment_id = %payment_id, from_status = "created",
         to_status = %to_status, psp_status = %view.status,
         already_existed = view.already_existed,
+        amount_minor = view.amount.minor,
         error_code = view.error_code.as_deref().unwrap_or(""),
         "payment: payment initiated"
     );
-    Ok(view)
+    Ok(())
 }
 
 /// The API's inline start: initiate within `deadline` and hand back the

@@ -19,24 +19,53 @@
 //!    its status is applied instead, so an outage of the `refund` worker can
 //!    never make the ledger release lines the PSP is refunding.
 //!
-//! A PSP read error leaves the row for the next tick. Every action logs one
-//! line whose message starts with `reconcile`, with `stream_id`,
-//! `from_status`, `to_status`, `psp_status`, `stuck_for` and `cause`.
+//! 4. indeterminate transfers and reversals (`indeterminate` /
+//!    `reversal_indeterminate` longer than [`INDETERMINATE_SWEEP_AFTER`]:
+//!    a create whose answer was lost) → Stripe's list read → found: recorded;
+//!    proven absent: back to `pending` / `reversal_pending` under the next
+//!    attempt, with its work queued (the reconciler itself never creates).
+//!
+//! A PSP read error leaves the row for the next tick; an answer that cannot
+//! be read is recorded once as an anomaly and the row is left for an
+//! operator (never read again by the sweep). Every action logs one line
+//! whose message starts with `reconcile`, with `stream_id`, `from_status`,
+//! `to_status`, `psp_status`, `stuck_for` and `cause`.
+//!
+//! [`Reconciler::reconcile_provider`] goes the other way: it lists Stripe's
+//! transfers of a time window and their reversals and matches each against
+//! the ledger. An object the ledger does not know, a second transfer for
+//! one share, or another amount is a `TransferAnomalyRecorded` on the
+//! share's stream (which `ledger verify` reports as a finding); an object
+//! naming no share of the ledger is reported and logged.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use ledger_core::Source;
-use ledger_core::ids::{PspRefundId, StreamId, psp_refund_id_for};
+use std::time::Duration;
+
+use ledger_core::ids::{PspRefundId, StreamId, TransferId, psp_refund_id_for};
 use ledger_core::order::{Order, OrderCommand, OrderStatus};
 use ledger_core::refund::{Refund, RefundCommand, RefundStatus};
-use ledger_psp::PspStatusReader;
+use ledger_core::transfer::{SellerTransfer, TransferAnomalyKind, TransferStatus};
+use ledger_core::{Amount, Source};
+use ledger_psp::{PayoutReader, PspStatusReader, TransferFilter, TransferView};
+use ledger_store::work::WorkOrder;
 use serde::Serialize;
 
 use super::candidates::{StuckCandidates, StuckRow};
 use super::config::{RECONCILE_BATCH_LIMIT_MAX, ReconcileSettings};
-use super::refund::settle_refund_on_order;
+use super::refund::{has_unreadable, record_unreadable, settle_refund_on_order};
+use super::resolve::{META_REFUND_ID, META_TRANSFER_ID, record_anomaly};
+use super::reversal::{self, ReversalResolved};
+use super::transfer::{self, Resolved};
+use super::worker::WorkerKind;
 use super::{Actor, Ctx, ManagerError, before, human_duration};
+
+/// How long a transfer or reversal stays `indeterminate` before the sweep
+/// reads Stripe for it: its own worker reads after
+/// [`INDETERMINATE_READ_DELAY`](super::resolve::INDETERMINATE_READ_DELAY);
+/// the sweep catches what a crash or a long outage left behind.
+pub const INDETERMINATE_SWEEP_AFTER: Duration = Duration::from_secs(5 * 60);
 
 const ACTOR: Actor = Actor {
     source: Source::Reconciler,
@@ -51,12 +80,14 @@ pub struct ReconcileReport {
     pub orders: ClassReport,
     pub refunds: ClassReport,
     pub orphans: ClassReport,
+    /// Indeterminate transfers and reversals.
+    pub transfers: ClassReport,
 }
 
 impl ReconcileReport {
     /// Rows whose stream this pass changed.
     pub fn changed(&self) -> usize {
-        [&self.orders, &self.refunds, &self.orphans]
+        [&self.orders, &self.refunds, &self.orphans, &self.transfers]
             .iter()
             .map(|c| c.actions.iter().filter(|a| a.changed).count())
             .sum()
@@ -98,6 +129,7 @@ pub struct ReconcileFailure {
 pub struct Reconciler {
     ctx: Arc<Ctx>,
     psp: Arc<dyn PspStatusReader>,
+    payouts: Arc<dyn PayoutReader>,
     candidates: Arc<dyn StuckCandidates>,
     settings: ReconcileSettings,
 }
@@ -115,12 +147,14 @@ impl Reconciler {
     pub(crate) fn new(
         ctx: Arc<Ctx>,
         psp: Arc<dyn PspStatusReader>,
+        payouts: Arc<dyn PayoutReader>,
         candidates: Arc<dyn StuckCandidates>,
         settings: ReconcileSettings,
     ) -> Reconciler {
         Reconciler {
             ctx,
             psp,
+            payouts,
             candidates,
             settings,
         }
@@ -168,7 +202,115 @@ impl Reconciler {
         for row in rows {
             self.refund(&row, now, true, &mut report.orphans).await?;
         }
+        let rows = self
+            .candidates
+            .indeterminate_transfers(before(now, INDETERMINATE_SWEEP_AFTER), limit)
+            .await?;
+        report.transfers.looked_at = count(&rows);
+        for row in rows {
+            self.indeterminate(&row, now, &mut report.transfers)
+                .await?;
+        }
         Ok(report)
+    }
+
+    /// Reads Stripe for one indeterminate transfer or reversal and records
+    /// what it found; queues the next attempt's work when it proved absence.
+    async fn indeterminate(
+        &self,
+        row: &StuckRow,
+        now: DateTime<Utc>,
+        class: &mut ClassReport,
+    ) -> Result<(), ManagerError> {
+        let Some(stream) = parse_stream(row, class) else {
+            return Ok(());
+        };
+        let Some(t) = self.ctx.load::<SellerTransfer>(&stream).await?.state.transfer else {
+            class.skipped += 1;
+            return Ok(());
+        };
+        let unreadable = t
+            .anomalies
+            .iter()
+            .any(|(k, _)| *k == TransferAnomalyKind::UnreadableAnswer);
+        let indeterminate = matches!(
+            t.status,
+            TransferStatus::Indeterminate | TransferStatus::ReversalIndeterminate
+        );
+        if !indeterminate || unreadable {
+            class.skipped += 1;
+            return Ok(());
+        }
+        let stuck_for = human_duration(now - t.status_since);
+        let (outcome, manager) = if t.status == TransferStatus::Indeterminate {
+            let resolved =
+                transfer::resolve(&self.ctx, &*self.payouts, "reconcile", ACTOR, &t, now).await;
+            let outcome = resolved.map(|r| match r {
+                Resolved::Found(id) => (Some(id), "found".to_owned()),
+                Resolved::Absent { attempt } => (None, format!("absent; attempt {attempt}")),
+                Resolved::Anomaly(kind) => (None, format!("anomaly {}", kind.as_str())),
+                Resolved::NotIndeterminate => (None, "not indeterminate".to_owned()),
+            });
+            (outcome, WorkerKind::Transfer)
+        } else {
+            let resolved = reversal::resolve(&self.ctx, &*self.payouts, ACTOR, &t, now).await;
+            let outcome = resolved.map(|r| match r {
+                ReversalResolved::Found(id) => (Some(id), "found".to_owned()),
+                ReversalResolved::Absent { attempt } => {
+                    (None, format!("absent; attempt {attempt}"))
+                }
+                ReversalResolved::Anomaly(kind) => (None, format!("anomaly {}", kind.as_str())),
+                ReversalResolved::NotIndeterminate => (None, "not indeterminate".to_owned()),
+            });
+            (outcome, WorkerKind::Reversal)
+        };
+        let (found, what) = match outcome {
+            Ok(o) => o,
+            Err(ManagerError::Psp(e)) => {
+                tracing::warn!(
+                    stream_id = %stream, from_status = %t.status, stuck_for = %stuck_for,
+                    error = %e, "reconcile transfer: reading Stripe failed; row left for the next tick"
+                );
+                class.failures.push(ReconcileFailure {
+                    stream_id: stream.to_string(),
+                    error: e.to_string(),
+                });
+                return Ok(());
+            }
+            Err(other) => return Err(other),
+        };
+        let after = self
+            .ctx
+            .load::<SellerTransfer>(&stream)
+            .await?
+            .state
+            .status()
+            .unwrap_or(t.status);
+        if matches!(
+            after,
+            TransferStatus::Pending | TransferStatus::ReversalPending
+        ) {
+            self.ctx
+                .work
+                .schedule(&[WorkOrder {
+                    manager: manager.name().to_owned(),
+                    stream_id: stream.to_string(),
+                    due_at: now,
+                }])
+                .await?;
+        }
+        let action = ReconcileAction {
+            stream_id: stream.to_string(),
+            from_status: t.status.as_str().to_owned(),
+            to_status: after.as_str().to_owned(),
+            psp_status: found,
+            stuck_for,
+            cause: format!("reconcile:{}:read:{what}", t.transfer_id),
+            changed: after != t.status,
+        };
+        log_action(&action, "transfer");
+        class.actions.push(action);
+        Ok(())
     }
 
     async fn order(
@@ -273,6 +415,11 @@ impl Reconciler {
             class.skipped += 1;
             return Ok(());
         };
+        // An answer about it could not be read: it waits for an operator.
+        if has_unreadable(&r) {
+            class.skipped += 1;
+            return Ok(());
+        }
         let stuck_for = human_duration(now - r.status_since);
         let psp_refund_id: PspRefundId = r
             .psp_refund_id
@@ -281,6 +428,15 @@ impl Reconciler {
         let view = match self.psp.get_refund_status(&psp_refund_id).await {
             Ok(view) => Some(view),
             Err(e) if orphan_class && e.is_not_found() => None,
+            Err(e) if !e.is_transient() && !e.is_not_found() => {
+                record_unreadable(&self.ctx, &stream, ACTOR, "get_refund", &e.to_string(), now)
+                    .await?;
+                class.failures.push(ReconcileFailure {
+                    stream_id: stream.to_string(),
+                    error: e.to_string(),
+                });
+                return Ok(());
+            }
             Err(e) => {
                 tracing::warn!(
                     stream_id = %stream, hyperswitch_refund_id = %psp_refund_id,
@@ -342,6 +498,216 @@ impl Reconciler {
         class.actions.push(action);
         Ok(())
     }
+}
+
+/// What one provider sweep found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ProviderReport {
+    /// `created[gte]` of the window, unix seconds.
+    pub from: i64,
+    /// `created[lt]` of the window, unix seconds.
+    pub to: i64,
+    pub transfers_listed: u32,
+    pub reversals_listed: u32,
+    /// Objects that match what the ledger records.
+    pub matched: u32,
+    /// Objects the ledger has not recorded yet but is still working on (a
+    /// payout or reversal in flight): not anomalies.
+    pub in_flight: u32,
+    /// Disagreements, each recorded on its share's stream (or, for an
+    /// object naming no share, only here and in the log).
+    pub anomalies: Vec<ProviderAnomaly>,
+}
+
+impl ProviderReport {
+    pub fn is_clean(&self) -> bool {
+        self.anomalies.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProviderAnomaly {
+    /// `tr_…` or `trr_…`.
+    pub provider_id: String,
+    /// The share's stream, when the object names one the ledger has.
+    pub stream_id: Option<String>,
+    pub kind: String,
+    pub detail: String,
+    /// False when this anomaly was already recorded by an earlier sweep.
+    pub new: bool,
+}
+
+impl Reconciler {
+    /// Lists Stripe's transfers created in `[from, to)` and the reversals of
+    /// each, and matches every object against the ledger (see the module
+    /// docs). Read-only at the provider.
+    pub async fn reconcile_provider(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<ProviderReport, ManagerError> {
+        let mut report = ProviderReport {
+            from: from.timestamp(),
+            to: to.timestamp(),
+            ..ProviderReport::default()
+        };
+        let filter = TransferFilter {
+            transfer_group: None,
+            created_gte: Some(report.from),
+            created_lt: Some(report.to),
+        };
+        let listed = self.payouts.list_transfers(&filter).await?;
+        report.transfers_listed = count_of(listed.len());
+        for view in &listed {
+            self.match_transfer(view, now, &mut report).await?;
+        }
+        let status = if report.is_clean() { "clean" } else { "anomalies" };
+        tracing::info!(
+            from = %from, to = %to, transfers = report.transfers_listed,
+            reversals = report.reversals_listed, matched = report.matched,
+            in_flight = report.in_flight, anomalies = report.anomalies.len(),
+            "reconcile provider: stripe transfers of the window matched against the ledger ({status})"
+        );
+        Ok(report)
+    }
+
+    async fn match_transfer(
+        &self,
+        view: &TransferView,
+        now: DateTime<Utc>,
+        report: &mut ProviderReport,
+    ) -> Result<(), ManagerError> {
+        let named = view
+            .metadata
+            .get(META_TRANSFER_ID)
+            .and_then(|id| id.parse::<uuid::Uuid>().ok())
+            .map(TransferId);
+        let loaded = match named {
+            Some(id) => self.ctx.load::<SellerTransfer>(&id.stream_id()).await?.state.transfer,
+            None => None,
+        };
+        let Some(t) = loaded else {
+            let detail = format!(
+                "stripe transfer {} ({}) names no transfer of this ledger (metadata transfer_id {:?})",
+                view.id,
+                view.amount,
+                view.metadata.get(META_TRANSFER_ID)
+            );
+            tracing::error!(
+                provider_id = %view.id, amount_minor = view.amount.minor,
+                "reconcile provider: {detail}; an operator must look"
+            );
+            report.anomalies.push(ProviderAnomaly {
+                provider_id: view.id.to_string(),
+                stream_id: None,
+                kind: TransferAnomalyKind::UnknownAtProvider.as_str().to_owned(),
+                detail,
+                new: true,
+            });
+            return Ok(());
+        };
+        let stream = t.transfer_id.stream_id();
+        let anomaly = |kind: TransferAnomalyKind, provider_id: String, detail: String| {
+            (kind, provider_id, detail)
+        };
+        let mut found = Vec::new();
+        match &t.stripe_transfer_id {
+            Some(recorded) if *recorded == view.id => {
+                let transferred = Amount::new(t.transferred_minor, t.amount.currency);
+                if view.amount != transferred {
+                    found.push(anomaly(
+                        TransferAnomalyKind::AmountMismatch,
+                        view.id.to_string(),
+                        format!(
+                            "stripe transfer {} moved {}, the ledger records {transferred}",
+                            view.id, view.amount
+                        ),
+                    ));
+                } else {
+                    report.matched += 1;
+                }
+                if view.amount_reversed.minor > 0 {
+                    let reversals = self.payouts.list_reversals(&view.id).await?;
+                    report.reversals_listed += count_of(reversals.len());
+                    for r in reversals {
+                        if t.stripe_reversal_ids.contains(&r.id) {
+                            report.matched += 1;
+                            continue;
+                        }
+                        let pending_for_it = t.pending_reversal.as_ref().is_some_and(|p| {
+                            r.metadata.get(META_REFUND_ID) == Some(&p.refund_id.to_string())
+                        });
+                        if pending_for_it {
+                            report.in_flight += 1;
+                            continue;
+                        }
+                        // Recorded without its id (`TransferAlreadyReversed`):
+                        // the money is accounted for when the totals agree.
+                        if view.amount_reversed.minor == t.reversed_minor {
+                            report.matched += 1;
+                            continue;
+                        }
+                        found.push(anomaly(
+                            TransferAnomalyKind::UnknownAtProvider,
+                            r.id.to_string(),
+                            format!(
+                                "stripe reversal {} ({}) of {} is not recorded by the ledger",
+                                r.id, r.amount, view.id
+                            ),
+                        ));
+                    }
+                }
+            }
+            Some(recorded) => found.push(anomaly(
+                TransferAnomalyKind::DuplicateAtProvider,
+                view.id.to_string(),
+                format!(
+                    "stripe holds a second transfer {} ({}) for this share; the ledger records {recorded}",
+                    view.id, view.amount
+                ),
+            )),
+            None if matches!(
+                t.status,
+                TransferStatus::Pending | TransferStatus::Indeterminate
+            ) =>
+            {
+                report.in_flight += 1;
+            }
+            None => found.push(anomaly(
+                TransferAnomalyKind::UnknownAtProvider,
+                view.id.to_string(),
+                format!(
+                    "stripe transfer {} ({}) exists but the ledger's transfer is {}",
+                    view.id, view.amount, t.status
+                ),
+            )),
+        }
+        for (kind, provider_id, detail) in found {
+            let new = record_anomaly(
+                &self.ctx,
+                &t,
+                ACTOR,
+                kind,
+                Some(&provider_id),
+                &detail,
+                now,
+            )
+            .await?;
+            report.anomalies.push(ProviderAnomaly {
+                provider_id,
+                stream_id: Some(stream.to_string()),
+                kind: kind.as_str().to_owned(),
+                detail,
+                new,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn count_of(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 fn count(rows: &[StuckRow]) -> u32 {

@@ -20,16 +20,17 @@ use ledger_core::Amount;
 use ledger_core::ids::{RefundId, SellerId, StreamId, psp_refund_id_for, transfer_id};
 use ledger_core::order::{LineRefund, Order, OrderEvent, OrderStatus, PlacedOrder};
 use ledger_core::psp::RefundPspStatus;
-use ledger_core::refund::{Refund, RefundCommand, RefundState, RefundStatus};
+use ledger_core::refund::{Refund, RefundAnomalyKind, RefundCommand, RefundState, RefundStatus};
 use ledger_core::transfer::{SellerTransfer, TransferCommand, TransferRejection, TransferStatus};
-use ledger_psp::CreateRefund;
+use ledger_psp::{CreateOutcome, CreateRefund};
 use ledger_store::READ_BATCH_MAX;
 use ledger_store::handle::{HandleError, decode_recorded};
 use ledger_store::work::WorkItem;
 
 use super::transfer::schedule_transfers;
 use super::worker::{Step, WorkerKind, stream_of};
-use super::{Actor, Ctx, ManagerError, PspFailure, classify, command_context, handle_error};
+use super::resolve::INDETERMINATE_READ_DELAY;
+use super::{Actor, Ctx, ManagerError, command_context, handle_error};
 
 pub(crate) async fn step_open(
     ctx: &Ctx,
@@ -123,15 +124,31 @@ pub(crate) async fn step_refund(
     if r.status != RefundStatus::Requested {
         return Ok(Step::Done);
     }
+    if has_unreadable(&r) {
+        return Ok(Step::Done);
+    }
     let actor = Actor::worker(WorkerKind::Refund.name());
     let psp_refund_id = psp_refund_id_for(r.refund_id);
-    let request = CreateRefund {
-        refund_id: psp_refund_id.clone(),
-        payment_id: r.payment_id.clone(),
-        amount: Amount::new(r.amount_minor, r.currency),
-        reason: (!r.reason.is_empty()).then(|| r.reason.clone()),
+    // A earlier try of this row may have reached Hyperswitch: read before
+    // creating again (the refund id is ours, so a read finds it).
+    let read_first = item.attempts > 0;
+    let answer = if read_first {
+        match ctx.payments.get_refund_status(&psp_refund_id).await {
+            Ok(view) => {
+                tracing::info!(
+                    stream_id = %stream, hyperswitch_refund_id = %psp_refund_id,
+                    psp_status = %view.status, cause = "read before creating again",
+                    "refund: Hyperswitch has the refund an earlier try made; recording it"
+                );
+                Ok(view)
+            }
+            Err(e) if e.is_not_found() => create_refund(ctx, &r, &psp_refund_id).await,
+            Err(e) => Err(e),
+        }
+    } else {
+        create_refund(ctx, &r, &psp_refund_id).await
     };
-    match ctx.payments.create_refund(&request).await {
+    match answer {
         Ok(view) => {
             let mut handled = ctx
                 .run::<Refund>(
@@ -166,24 +183,53 @@ pub(crate) async fn step_refund(
                 from_status = "requested",
                 to_status = %handled.state.status().map_or("none", |s| s.as_str()),
                 psp_status = %view.status, already_existed = view.already_existed,
+                amount_minor = view.amount.minor,
                 "refund: refund submitted to Hyperswitch"
             );
             Ok(Step::Done)
         }
-        Err(e) => match classify(&e) {
-            PspFailure::Transient | PspFailure::NeedsOperator => {
-                let due_at = ctx.work_retry_at(now, item.attempts);
+        Err(e) => match e.create_outcome() {
+            CreateOutcome::RetrySameKey { after } => {
+                let mut due_at = ctx.work_retry_at(now, item.attempts);
+                if let Some(wait) = after {
+                    due_at = due_at.max(super::after(now, wait));
+                }
                 tracing::warn!(
                     stream_id = %stream, hyperswitch_refund_id = %psp_refund_id,
                     attempts = item.attempts, retry_at = %due_at, error = %e,
-                    "refund: Hyperswitch create failed; retrying with the same refund_id"
+                    "refund: Hyperswitch did not take the call; retrying with the same refund_id"
                 );
                 Ok(Step::Later {
                     due_at,
                     error: Some(e.to_string()),
                 })
             }
-            PspFailure::Definitive => {
+            CreateOutcome::Unknown | CreateOutcome::NeedsOperator => {
+                let due_at = if e.create_outcome() == CreateOutcome::Unknown {
+                    super::after(now, INDETERMINATE_READ_DELAY)
+                } else {
+                    ctx.work_retry_at(now, item.attempts)
+                };
+                tracing::warn!(
+                    stream_id = %stream, hyperswitch_refund_id = %psp_refund_id,
+                    attempts = item.attempts, read_at = %due_at, error = %e,
+                    "refund: Hyperswitch's answer leaves the refund unknown; reading it before creating again"
+                );
+                Ok(Step::Later {
+                    due_at,
+                    error: Some(e.to_string()),
+                })
+            }
+            CreateOutcome::Unreadable => {
+                let call = if read_first {
+                    "get_refund"
+                } else {
+                    "create_refund"
+                };
+                record_unreadable(ctx, &stream, actor, call, &e.to_string(), now).await?;
+                Ok(Step::Done)
+            }
+            CreateOutcome::Refused => {
                 ctx.run::<Refund>(
                     &stream,
                     &format!("refund:{}:create-refused", r.refund_id),
@@ -206,6 +252,63 @@ pub(crate) async fn step_refund(
             }
         },
     }
+}
+
+async fn create_refund(
+    ctx: &Ctx,
+    r: &ledger_core::refund::RequestedRefund,
+    psp_refund_id: &ledger_core::ids::PspRefundId,
+) -> Result<ledger_psp::RefundView, ledger_psp::PspError> {
+    let request = CreateRefund {
+        refund_id: psp_refund_id.clone(),
+        payment_id: r.payment_id.clone(),
+        amount: Amount::new(r.amount_minor, r.currency),
+        reason: (!r.reason.is_empty()).then(|| r.reason.clone()),
+    };
+    ctx.payments.create_refund(&request).await
+}
+
+/// The refund already waits for an operator because an answer about it
+/// could not be read.
+pub(crate) fn has_unreadable(r: &ledger_core::refund::RequestedRefund) -> bool {
+    r.anomalies
+        .iter()
+        .any(|a| a.kind == RefundAnomalyKind::UnreadableAnswer)
+}
+
+/// Records (once per value) that an answer about this refund could not be
+/// read, and logs it once.
+pub(crate) async fn record_unreadable(
+    ctx: &Ctx,
+    stream: &StreamId,
+    actor: Actor,
+    call: &str,
+    value: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, ManagerError> {
+    let handled = ctx
+        .run::<Refund>(
+            stream,
+            &format!("refund:{stream}:unreadable:{call}:{value}"),
+            actor,
+            &RefundCommand::RecordUnreadable {
+                call: call.to_owned(),
+                value: value.to_owned(),
+                now,
+            },
+            "RecordUnreadable",
+        )
+        .await?;
+    let new = !handled.events.is_empty();
+    if new {
+        tracing::error!(
+            stream_id = %stream, call, value = %value,
+            status = %handled.state.status().map_or("none", |s| s.as_str()),
+            "{}: Hyperswitch's answer cannot be read; anomaly recorded, the refund waits for an operator",
+            actor.name
+        );
+    }
+    Ok(new)
 }
 
 pub(crate) async fn step_settle(
@@ -342,7 +445,12 @@ async fn settle_seller(
     }
     let currency = t.amount.currency;
     match t.status {
-        TransferStatus::Pending | TransferStatus::Failed | TransferStatus::PermanentlyFailed => {
+        // An indeterminate payout may or may not exist: lower what is owed;
+        // if Stripe did make it, the excess is reversed once it is found.
+        TransferStatus::Pending
+        | TransferStatus::Failed
+        | TransferStatus::PermanentlyFailed
+        | TransferStatus::Indeterminate => {
             let by = share_minor.min(t.amount.minor);
             if by <= 0 {
                 return Ok(None);
@@ -407,7 +515,7 @@ async fn settle_seller(
                 Err(e) => Err(handle_error(&stream, "RequestReversal", e)),
             }
         }
-        TransferStatus::ReversalPending => Ok(Some(format!(
+        TransferStatus::ReversalPending | TransferStatus::ReversalIndeterminate => Ok(Some(format!(
             "transfer {id} is reversing for another refund"
         ))),
         TransferStatus::ReversalFailed => {

@@ -30,7 +30,7 @@ use ledger_core::{Amount, Currency, Decider, ExpectedVersion, FeeBps, Metadata, 
 use ledger_psp::fake::{
     Counters, FAKE_HYPERSWITCH_API_KEY, FAKE_STRIPE_SECRET_KEY, FakeConfig, FakeHandle, FakePsp,
 };
-use ledger_psp::{HyperswitchClient, Secret, StripeClient};
+use ledger_psp::{CreateReversal, HyperswitchClient, Secret, StripeClient};
 use ledger_store::EventStore;
 use ledger_store::MemoryStore;
 use ledger_store::handle::{CommandContext, execute, load, to_new_events};
@@ -1046,7 +1046,15 @@ pub mod scenarios {
         let stripe = h.transfer_by_id(id).await.stripe_transfer_id.expect("id");
         // Someone reversed it in the Stripe dashboard.
         h.stripe
-            .create_reversal(&stripe, TransferId(Uuid::new_v4()), 1, None)
+            .create_reversal(
+                &stripe,
+                &CreateReversal {
+                    reversal_key_id: TransferId(Uuid::new_v4()),
+                    attempt: 1,
+                    amount: None,
+                    metadata: Default::default(),
+                },
+            )
             .await
             .expect("manual reversal");
         h.run_worker(WorkerKind::Reversal).await;

@@ -6,20 +6,24 @@
 //! *definitive* failure, so a timeout or 5xx retried here reuses the key and
 //! Stripe answers with the transfer it already made.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
 use ledger_core::Amount;
 use ledger_core::ids::{OrderId, TransferId, transfer_id};
 use ledger_core::order::SellerShare;
-use ledger_core::transfer::{ScheduledTransfer, SellerTransfer, TransferCommand, TransferStatus};
+use ledger_core::transfer::{
+    ScheduledTransfer, SellerTransfer, TransferAnomalyKind, TransferCommand, TransferStatus,
+};
 use ledger_core::{Currency, Source};
-use ledger_psp::CreateTransfer;
+use ledger_psp::{CreateOutcome, CreateTransfer, PayoutReader};
 use ledger_store::work::{WorkItem, WorkOrder};
 use serde::Serialize;
 
+use super::resolve::{
+    INDETERMINATE_READ_DELAY, KEY_TRUSTED_FOR, PayoutRead, key_may_be_gone, payout_metadata,
+    payout_mismatch, read_payout, record_anomaly, transfer_group,
+};
 use super::worker::{Step, WorkerKind, stream_of};
-use super::{Actor, Ctx, ManagerError, PspFailure, classify};
+use super::{Actor, Ctx, ManagerError, human_duration};
 
 /// Schedules one transfer per seller with a positive share (idempotent:
 /// deterministic ids, and the core ignores a second `Schedule`). Returns
@@ -67,6 +71,9 @@ pub(crate) async fn step_transfer(
     };
     match t.status {
         TransferStatus::Pending => pay(ctx, WorkerKind::Transfer, &t, item, now).await,
+        TransferStatus::Indeterminate => {
+            resolve_and_pay(ctx, WorkerKind::Transfer, &t, item, now).await
+        }
         TransferStatus::Completed => {
             reverse_excess(ctx, &t, now).await?;
             Ok(Step::Done)
@@ -121,7 +128,181 @@ pub(crate) async fn step_retry(
         }
         // Retried, but the payout did not happen yet (a crash in between).
         TransferStatus::Pending => pay(ctx, WorkerKind::TransferRetry, &t, item, now).await,
+        TransferStatus::Indeterminate => {
+            resolve_and_pay(ctx, WorkerKind::TransferRetry, &t, item, now).await
+        }
         _ => Ok(Step::Done),
+    }
+}
+
+/// What a read of Stripe did to an `indeterminate` transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Resolved {
+    /// Stripe has it: recorded as completed with this Stripe id.
+    Found(String),
+    /// Stripe has none: the next attempt (a new key) may be sent.
+    Absent { attempt: u32 },
+    /// Stripe has something the ledger cannot record; an anomaly says what.
+    Anomaly(TransferAnomalyKind),
+    /// The transfer is not `indeterminate` (any more).
+    NotIndeterminate,
+}
+
+/// Reads Stripe for an `indeterminate` transfer and records what it found.
+/// A failed read is returned as [`ManagerError::Psp`] with nothing written.
+pub(crate) async fn resolve(
+    ctx: &Ctx,
+    reader: &dyn PayoutReader,
+    kind: &str,
+    actor: Actor,
+    t: &ScheduledTransfer,
+    now: DateTime<Utc>,
+) -> Result<Resolved, ManagerError> {
+    let stream = t.transfer_id.stream_id();
+    if t.status != TransferStatus::Indeterminate {
+        return Ok(Resolved::NotIndeterminate);
+    }
+    let unknown_for = human_duration(now - t.status_since);
+    match read_payout(reader, t).await {
+        Err(e) if e.is_transient() => Err(e.into()),
+        Err(e) => {
+            record_anomaly(
+                ctx,
+                t,
+                actor,
+                TransferAnomalyKind::UnreadableAnswer,
+                None,
+                &e.to_string(),
+                now,
+            )
+            .await?;
+            Ok(Resolved::Anomaly(TransferAnomalyKind::UnreadableAnswer))
+        }
+        Ok(PayoutRead::Absent) => {
+            let handled = ctx
+                .run::<SellerTransfer>(
+                    &stream,
+                    &format!("transfer:{}:attempt:{}:absent", t.transfer_id, t.attempt),
+                    actor,
+                    &TransferCommand::RecordAbsent {
+                        attempt: t.attempt,
+                        now,
+                    },
+                    "RecordAbsent",
+                )
+                .await?;
+            let after = handled.state.transfer.as_ref();
+            let attempt = after.map_or(t.attempt, |a| a.attempt);
+            tracing::info!(
+                stream_id = %stream, from_status = "indeterminate",
+                to_status = %after.map_or("none", |a| a.status.as_str()),
+                absent_attempt = t.attempt, attempt, unknown_for = %unknown_for,
+                cause = "stripe lists no transfer for this share",
+                "{kind}: payout proven absent at Stripe; next attempt uses a new key"
+            );
+            Ok(Resolved::Absent { attempt })
+        }
+        Ok(PayoutRead::Found { view, others }) => {
+            for other in &others {
+                record_anomaly(
+                    ctx,
+                    t,
+                    actor,
+                    TransferAnomalyKind::DuplicateAtProvider,
+                    Some(other.id.as_str()),
+                    &format!(
+                        "stripe holds {} transfers for this share: {} is recorded, {} ({}) is a second payout",
+                        others.len() + 1,
+                        view.id,
+                        other.id,
+                        other.amount
+                    ),
+                    now,
+                )
+                .await?;
+            }
+            if let Some(why) = payout_mismatch(t, &view) {
+                let kind_of = if view.destination.is_none() {
+                    TransferAnomalyKind::UnreadableAnswer
+                } else {
+                    TransferAnomalyKind::AmountMismatch
+                };
+                record_anomaly(ctx, t, actor, kind_of, Some(view.id.as_str()), &why, now).await?;
+                return Ok(Resolved::Anomaly(kind_of));
+            }
+            ctx.run::<SellerTransfer>(
+                &stream,
+                &format!("transfer:{}:found:{}", t.transfer_id, view.id),
+                actor,
+                &TransferCommand::RecordSucceeded {
+                    stripe_transfer_id: view.id.clone(),
+                    amount: view.amount,
+                    now,
+                },
+                "RecordSucceeded",
+            )
+            .await?;
+            tracing::info!(
+                stream_id = %stream, from_status = "indeterminate", to_status = "completed",
+                stripe_transfer_id = %view.id, amount_minor = view.amount.minor,
+                attempt = t.attempt, unknown_for = %unknown_for,
+                cause = "stripe lists the transfer this share's lost answer made",
+                "{kind}: payout found at Stripe; recorded as completed"
+            );
+            Ok(Resolved::Found(view.id.to_string()))
+        }
+    }
+}
+
+/// The worker's step for an `indeterminate` transfer: read, record, and
+/// pay the next attempt when the read proved the last one made nothing.
+async fn resolve_and_pay(
+    ctx: &Ctx,
+    kind: WorkerKind,
+    t: &ScheduledTransfer,
+    item: &WorkItem,
+    now: DateTime<Utc>,
+) -> Result<Step, ManagerError> {
+    // An unreadable answer stays for an operator; reading again would
+    // read the same thing and log it again.
+    if t.anomalies
+        .iter()
+        .any(|(k, _)| *k == TransferAnomalyKind::UnreadableAnswer)
+    {
+        return Ok(Step::Done);
+    }
+    let actor = Actor::worker(kind.name());
+    match resolve(ctx, &*ctx.payouts, kind.name(), actor, t, now).await {
+        Ok(Resolved::Absent { .. }) => {
+            let stream = t.transfer_id.stream_id();
+            match ctx.load::<SellerTransfer>(&stream).await?.state.transfer {
+                Some(next) if next.status == TransferStatus::Pending => {
+                    pay(ctx, kind, &next, item, now).await
+                }
+                _ => Ok(Step::Done),
+            }
+        }
+        Ok(Resolved::Found(_)) => {
+            let stream = t.transfer_id.stream_id();
+            if let Some(done) = ctx.load::<SellerTransfer>(&stream).await?.state.transfer {
+                reverse_excess(ctx, &done, now).await?;
+            }
+            Ok(Step::Done)
+        }
+        Ok(Resolved::Anomaly(_) | Resolved::NotIndeterminate) => Ok(Step::Done),
+        Err(ManagerError::Psp(e)) => {
+            let due_at = ctx.work_retry_at(now, item.attempts);
+            tracing::warn!(
+                stream_id = %t.transfer_id.stream_id(), attempt = t.attempt, retry_at = %due_at,
+                error = %e,
+                "{kind}: reading Stripe for an indeterminate payout failed; nothing sent, read again later"
+            );
+            Ok(Step::Later {
+                due_at,
+                error: Some(e.to_string()),
+            })
+        }
+        Err(other) => Err(other),
     }
 }
 
@@ -135,20 +316,73 @@ async fn pay(
 ) -> Result<Step, ManagerError> {
     let stream = t.transfer_id.stream_id();
     let actor = Actor::worker(kind.name());
+    // Stripe may have forgotten a key this old: look for the payout first,
+    // so a forgotten key can never make a second transfer.
+    if key_may_be_gone(t.status_since, now) {
+        match read_payout(&*ctx.payouts, t).await {
+            Ok(PayoutRead::Absent) => {}
+            Ok(PayoutRead::Found { .. }) => {
+                // Let the resolution path record it (and any duplicate).
+                ctx.run::<SellerTransfer>(
+                    &stream,
+                    &format!("transfer:{}:attempt:{}:stale-key", t.transfer_id, t.attempt),
+                    actor,
+                    &TransferCommand::RecordOutcomeUnknown {
+                        error: format!(
+                            "key {} is older than {}h and stripe lists a transfer for it",
+                            t.idempotency_key(),
+                            KEY_TRUSTED_FOR.num_hours()
+                        ),
+                        now,
+                    },
+                    "RecordOutcomeUnknown",
+                )
+                .await?;
+                if let Some(next) = ctx.load::<SellerTransfer>(&stream).await?.state.transfer {
+                    return Box::pin(resolve_and_pay(ctx, kind, &next, item, now)).await;
+                }
+                return Ok(Step::Done);
+            }
+            Err(e) => {
+                let due_at = ctx.work_retry_at(now, item.attempts);
+                tracing::warn!(
+                    stream_id = %stream, attempt = t.attempt, retry_at = %due_at, error = %e,
+                    "{kind}: the key may be gone at Stripe and the read before paying failed; nothing sent"
+                );
+                return Ok(Step::Later {
+                    due_at,
+                    error: Some(e.to_string()),
+                });
+            }
+        }
+    }
     let request = CreateTransfer {
         transfer_id: t.transfer_id,
         attempt: t.attempt,
         amount: t.amount,
         destination: t.destination.clone(),
-        transfer_group: Some(format!("order_{}", t.order_id)),
-        metadata: BTreeMap::from([
-            ("order_id".to_owned(), t.order_id.to_string()),
-            ("seller_id".to_owned(), t.seller_id.to_string()),
-            ("transfer_id".to_owned(), t.transfer_id.to_string()),
-        ]),
+        transfer_group: Some(transfer_group(t)),
+        metadata: payout_metadata(t),
     };
     let answer = ctx.payouts.create_transfer(&request).await;
     match answer {
+        Ok(view) if view.destination.is_none() => {
+            // Money moved (a 2xx with an id), but the answer is not what
+            // was asked for: stop for an operator.
+            let detail = format!("create_transfer answered {} with destination null", view.id);
+            unknown(ctx, kind, t, actor, &detail, now).await?;
+            record_anomaly(
+                ctx,
+                t,
+                actor,
+                TransferAnomalyKind::UnreadableAnswer,
+                Some(view.id.as_str()),
+                &detail,
+                now,
+            )
+            .await?;
+            Ok(Step::Done)
+        }
         Ok(view) => {
             let recorded = ctx
                 .run::<SellerTransfer>(
@@ -169,11 +403,19 @@ async fn pay(
                     // Paid at Stripe while the ledger stopped owing it (the
                     // order's lines were refunded meanwhile). Money moved;
                     // only an operator can claw it back.
-                    tracing::error!(
-                        stream_id = %stream, stripe_transfer_id = %view.id,
-                        amount_minor = view.amount.minor, reason = %reason,
-                        "{kind}: Stripe paid a transfer the ledger no longer owes; an operator must reverse it"
-                    );
+                    record_anomaly(
+                        ctx,
+                        t,
+                        actor,
+                        TransferAnomalyKind::PaidWhileNotOwed,
+                        Some(view.id.as_str()),
+                        &format!(
+                            "stripe paid {} as {} but the ledger refused it: {reason}",
+                            view.amount, view.id
+                        ),
+                        now,
+                    )
+                    .await?;
                     return Ok(Step::Done);
                 }
                 Err(e) => return Err(e),
@@ -189,27 +431,55 @@ async fn pay(
             }
             Ok(Step::Done)
         }
-        Err(e) => match classify(&e) {
-            PspFailure::Transient | PspFailure::NeedsOperator => {
-                let due_at = ctx.work_retry_at(now, item.attempts);
-                let needs_operator = classify(&e) == PspFailure::NeedsOperator;
-                if needs_operator {
-                    tracing::error!(
-                        stream_id = %stream, attempt = t.attempt, retry_at = %due_at, error = %e,
-                        "{kind}: Stripe call failed in a way only an operator can fix; retrying with the same key"
-                    );
-                } else {
-                    tracing::warn!(
-                        stream_id = %stream, attempt = t.attempt, retry_at = %due_at, error = %e,
-                        "{kind}: Stripe call failed; retrying with the same key"
-                    );
+        Err(e) => match e.create_outcome() {
+            CreateOutcome::RetrySameKey { after } => {
+                let mut due_at = ctx.work_retry_at(now, item.attempts);
+                if let Some(wait) = after {
+                    due_at = due_at.max(super::after(now, wait));
                 }
+                tracing::warn!(
+                    stream_id = %stream, attempt = t.attempt, retry_at = %due_at,
+                    retry_after_s = after.map(|d| d.as_secs()), error = %e,
+                    "{kind}: Stripe did not take the transfer; retrying later with the same key"
+                );
                 Ok(Step::Later {
                     due_at,
                     error: Some(e.to_string()),
                 })
             }
-            PspFailure::Definitive => {
+            CreateOutcome::NeedsOperator => {
+                let due_at = ctx.work_retry_at(now, item.attempts);
+                tracing::error!(
+                    stream_id = %stream, attempt = t.attempt, retry_at = %due_at, error = %e,
+                    "{kind}: Stripe call failed in a way only an operator can fix; retrying with the same key"
+                );
+                Ok(Step::Later {
+                    due_at,
+                    error: Some(e.to_string()),
+                })
+            }
+            CreateOutcome::Unknown => {
+                unknown(ctx, kind, t, actor, &e.to_string(), now).await?;
+                Ok(Step::Later {
+                    due_at: super::after(now, INDETERMINATE_READ_DELAY),
+                    error: Some(e.to_string()),
+                })
+            }
+            CreateOutcome::Unreadable => {
+                unknown(ctx, kind, t, actor, &e.to_string(), now).await?;
+                record_anomaly(
+                    ctx,
+                    t,
+                    actor,
+                    TransferAnomalyKind::UnreadableAnswer,
+                    None,
+                    &e.to_string(),
+                    now,
+                )
+                .await?;
+                Ok(Step::Done)
+            }
+            CreateOutcome::Refused => {
                 let handled = ctx
                     .run::<SellerTransfer>(
                         &stream,
@@ -238,6 +508,36 @@ async fn pay(
             }
         },
     }
+}
+
+/// `pending` → `indeterminate`, with its log line.
+async fn unknown(
+    ctx: &Ctx,
+    kind: WorkerKind,
+    t: &ScheduledTransfer,
+    actor: Actor,
+    error: &str,
+    now: DateTime<Utc>,
+) -> Result<(), ManagerError> {
+    let stream = t.transfer_id.stream_id();
+    ctx.run::<SellerTransfer>(
+        &stream,
+        &format!("transfer:{}:attempt:{}:unknown", t.transfer_id, t.attempt),
+        actor,
+        &TransferCommand::RecordOutcomeUnknown {
+            error: error.to_owned(),
+            now,
+        },
+        "RecordOutcomeUnknown",
+    )
+    .await?;
+    tracing::warn!(
+        stream_id = %stream, from_status = "pending", to_status = "indeterminate",
+        attempt = t.attempt, key = %t.idempotency_key(), error = %error,
+        read_at = %super::after(now, INDETERMINATE_READ_DELAY),
+        "{kind}: Stripe's answer leaves the payout unknown; nothing is sent again before a read of Stripe"
+    );
+    Ok(())
 }
 
 /// A transfer paid at its pre-reduction amount (a refund reduced it while
@@ -290,10 +590,29 @@ pub struct RetriedTransfer {
     pub status: String,
     /// The Stripe attempt the next call uses.
     pub attempt: u32,
+    /// The read of Stripe found this object (a transfer `tr_…` or a
+    /// reversal `trr_…`) and the ledger recorded it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub found: Option<String>,
+    /// The read of Stripe proved the last attempt made nothing; `attempt`
+    /// is the next one, already queued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub absent: Option<bool>,
+    /// The read found something the ledger cannot record; the anomaly's
+    /// kind (see the anomalies read model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<String>,
 }
 
-/// The admin route: operator `Retry` (allowed from `failed` and
-/// `permanently_failed`, due or not), then `transfer` work due now.
+const OPERATOR: Actor = Actor {
+    source: Source::Operator,
+    name: "admin",
+};
+
+/// The admin route. An `indeterminate` payout or reversal is read at
+/// Stripe first and the answer says what was found; `failed` and
+/// `permanently_failed` get an operator `Retry` (due or not). Either way
+/// the work that follows is queued due now.
 pub(crate) async fn retry_now(
     ctx: &Ctx,
     transfer_id: TransferId,
@@ -303,44 +622,85 @@ pub(crate) async fn retry_now(
     let Some(t) = ctx.load::<SellerTransfer>(&stream).await?.state.transfer else {
         return Err(ManagerError::NotFound(format!("transfer {transfer_id}")));
     };
-    let handled = ctx
-        .run::<SellerTransfer>(
-            &stream,
-            &format!(
-                "transfer:{transfer_id}:retry:{}:operator",
-                t.status_since.timestamp_micros()
-            ),
-            Actor {
-                source: Source::Operator,
-                name: "admin",
-            },
-            &TransferCommand::Retry {
-                now,
-                by_operator: true,
-            },
-            "Retry",
-        )
-        .await?;
-    let after = handled
+    let mut answer = RetriedTransfer {
+        transfer_id,
+        from_status: t.status.as_str().to_owned(),
+        status: t.status.as_str().to_owned(),
+        attempt: t.attempt,
+        found: None,
+        absent: None,
+        anomaly: None,
+    };
+    let manager = match t.status {
+        TransferStatus::Indeterminate => {
+            match resolve(ctx, &*ctx.payouts, "transfer_retry", OPERATOR, &t, now).await? {
+                Resolved::Found(id) => answer.found = Some(id),
+                Resolved::Absent { attempt } => {
+                    answer.absent = Some(true);
+                    answer.attempt = attempt;
+                }
+                Resolved::Anomaly(kind) => answer.anomaly = Some(kind.as_str().to_owned()),
+                Resolved::NotIndeterminate => {}
+            }
+            WorkerKind::Transfer
+        }
+        TransferStatus::ReversalIndeterminate => {
+            match super::reversal::resolve(ctx, &*ctx.payouts, OPERATOR, &t, now).await? {
+                super::reversal::ReversalResolved::Found(id) => answer.found = Some(id),
+                super::reversal::ReversalResolved::Absent { attempt } => {
+                    answer.absent = Some(true);
+                    answer.attempt = attempt;
+                }
+                super::reversal::ReversalResolved::Anomaly(kind) => {
+                    answer.anomaly = Some(kind.as_str().to_owned());
+                }
+                super::reversal::ReversalResolved::NotIndeterminate => {}
+            }
+            WorkerKind::Reversal
+        }
+        _ => {
+            let handled = ctx
+                .run::<SellerTransfer>(
+                    &stream,
+                    &format!(
+                        "transfer:{transfer_id}:retry:{}:operator",
+                        t.status_since.timestamp_micros()
+                    ),
+                    OPERATOR,
+                    &TransferCommand::Retry {
+                        now,
+                        by_operator: true,
+                    },
+                    "Retry",
+                )
+                .await?;
+            if let Some(after) = &handled.state.transfer {
+                answer.attempt = after.attempt;
+            }
+            WorkerKind::Transfer
+        }
+    };
+    let after = ctx
+        .load::<SellerTransfer>(&stream)
+        .await?
         .state
         .transfer
         .ok_or_else(|| ManagerError::NotFound(format!("transfer {transfer_id}")))?;
+    answer.status = after.status.as_str().to_owned();
     ctx.work
         .schedule(&[WorkOrder {
-            manager: WorkerKind::Transfer.name().to_owned(),
+            manager: manager.name().to_owned(),
             stream_id: stream.to_string(),
             due_at: now,
         }])
         .await?;
     tracing::info!(
         stream_id = %stream, from_status = %t.status, to_status = %after.status,
-        attempt = after.attempt,
-        "transfer_retry: operator retry recorded; payout queued"
+        attempt = answer.attempt, found = answer.found.as_deref().unwrap_or(""),
+        absent = answer.absent.unwrap_or(false),
+        anomaly = answer.anomaly.as_deref().unwrap_or(""),
+        cause = "operator retry",
+        "transfer_retry: operator retry recorded; {} queued", manager.name()
     );
-    Ok(RetriedTransfer {
-        transfer_id,
-        from_status: t.status.as_str().to_owned(),
-        status: after.status.as_str().to_owned(),
-        attempt: after.attempt,
-    })
+    Ok(answer)
 }

@@ -885,6 +885,9 @@ fn anomaly_kind(event: &AnyEvent) -> Option<String> {
         AnyEvent::Transfer(TransferEvent::TransferReversalFailed { failure, .. }) => {
             Some(format!("reversal_failed_{}", json_str(failure)))
         }
+        AnyEvent::Transfer(TransferEvent::TransferAnomalyRecorded { kind, .. }) => {
+            Some(format!("transfer_{}", kind.as_str()))
+        }
         _ => None,
     }
 }
@@ -926,7 +929,12 @@ pub fn event_at(event: &AnyEvent) -> DateTime<Utc> {
             | T::TransferReversed { at, .. }
             | T::TransferAlreadyReversed { at, .. }
             | T::TransferReversalRetryScheduled { at, .. }
-            | T::TransferReversalFailed { at, .. },
+            | T::TransferReversalFailed { at, .. }
+            | T::TransferOutcomeUnknown { at, .. }
+            | T::TransferAttemptAbsent { at, .. }
+            | T::TransferAnomalyRecorded { at, .. }
+            | T::TransferReversalOutcomeUnknown { at, .. }
+            | T::TransferReversalAttemptAbsent { at, .. },
         ) => *at,
     }
 }
@@ -1282,6 +1290,25 @@ fn apply_transfer(
             t.next_retry_at = None;
             t.last_error = Some(error.clone());
             status = Some(TransferStatus::ReversalFailed);
+        }
+        T::TransferOutcomeUnknown { error, .. } => {
+            t.next_retry_at = None;
+            t.last_error = Some(error.clone());
+            status = Some(TransferStatus::Indeterminate);
+        }
+        T::TransferAttemptAbsent { attempt, .. } => {
+            t.attempt = i64::from(*attempt);
+            status = Some(TransferStatus::Pending);
+        }
+        T::TransferAnomalyRecorded { .. } => {}
+        T::TransferReversalOutcomeUnknown { error, .. } => {
+            t.next_retry_at = None;
+            t.last_error = Some(error.clone());
+            status = Some(TransferStatus::ReversalIndeterminate);
+        }
+        T::TransferReversalAttemptAbsent { .. } => {
+            t.reversal_retry_count = 0;
+            status = Some(TransferStatus::ReversalPending);
         }
     }
     if let Some(s) = status {
