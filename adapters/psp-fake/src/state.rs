@@ -302,7 +302,7 @@ impl FakeState {
     /// Transfers newest first (`created`, then creation order).
     pub fn transfers_newest_first(&self) -> Vec<&Transfer> {
         let mut all: Vec<&Transfer> = self.transfers.values().collect();
-        all.sort_by(|a, b| (b.created, b.seq).cmp(&(a.created, a.seq)));
+        all.sort_by_key(|t| std::cmp::Reverse((t.created, t.seq)));
         all
     }
 }

@@ -540,7 +540,7 @@ impl FakeState {
         };
         // Newest first: (created, position) descending.
         let mut all: Vec<(usize, &Reversal)> = transfer.reversals.iter().enumerate().collect();
-        all.sort_by(|a, b| (b.1.created, b.0).cmp(&(a.1.created, a.0)));
+        all.sort_by_key(|r| std::cmp::Reverse((r.1.created, r.0)));
         let key_of = |r: &(usize, &Reversal)| (r.1.created, r.0);
         let cursor =
             |param: &str, cursor: &Option<String>| -> Result<Option<(i64, usize)>, Reply> {
