@@ -21,7 +21,7 @@ use ledger_core::ids::{OrderId, order_id_from_idempotency_key, payment_id_for};
 use ledger_core::psp::PaymentStatus;
 use ledger_projections::clock::{Clock, ManualClock};
 use ledger_projections::managers::Managers;
-use ledger_psp::fake::{DeliveryMode, FakeError, FakePsp, ResourceBehaviour};
+use ledger_psp_fake::{DeliveryMode, FakeError, FakePsp, ResourceBehaviour};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use uuid::Uuid;
@@ -136,7 +136,7 @@ impl Day {
     fn buyer_pays(&self, order: OrderId, status: PaymentStatus) -> anyhow::Result<()> {
         match self
             .fake()?
-            .complete_payment(&payment_id_for(order), status)
+            .complete_payment(payment_id_for(order).as_str(), status.as_str())
         {
             Ok(_) => Ok(()),
             // A re-run of a recorded day creates no payment in this

@@ -21,11 +21,11 @@ use ledger_projections::managers::{
     ManagerConfig, ManagerDeps, ManagerError, Managers, QueryCandidates, ReconcileSettings,
     RetrySettings,
 };
-use ledger_psp::fake::{
+use ledger_psp::{HyperswitchClient, PaymentGateway, PayoutGateway, Secret, StripeClient};
+use ledger_psp_fake::{
     FAKE_HYPERSWITCH_API_KEY, FAKE_STRIPE_SECRET_KEY, FakeConfig, FakeHandle, FakePsp,
     WebhookTarget,
 };
-use ledger_psp::{HyperswitchClient, PaymentGateway, PayoutGateway, Secret, StripeClient};
 
 use crate::config::{Config, PspMode, ReconcileConfig, RetryWorkerConfig};
 use crate::http::error::ApiError;

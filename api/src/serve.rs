@@ -19,7 +19,7 @@ use ledger_projections::query::QueryStore;
 use ledger_projections::readmodel::{ReadModel, ReadModelProjection};
 use ledger_projections::retention::{self, RetentionConfig};
 use ledger_projections::runtime::Projector;
-use ledger_psp::fake::{FakeHandle, FakePsp, WebhookTarget};
+use ledger_psp_fake::{FakeHandle, FakePsp, WebhookTarget};
 use ledger_store::EventStore;
 use ledger_store::idempotency::IdempotencyStore;
 use ledger_store::webhook_log::{LoggedAppendStore, WebhookLogStore};
@@ -179,7 +179,7 @@ fn own_webhook_target(addr: SocketAddr, key: Option<&WebhookKey>) -> WebhookTarg
     };
     WebhookTarget {
         url: format!("http://{host}/webhooks/hyperswitch"),
-        key: key.map(|k| ledger_psp::Secret::new(String::from_utf8_lossy(&k.0).into_owned())),
+        key: key.map(|k| String::from_utf8_lossy(&k.0).into_owned()),
     }
 }
 

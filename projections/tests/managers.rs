@@ -26,7 +26,7 @@ use ledger_projections::managers::{
 };
 use ledger_projections::query::{QueryStore, SqlParam};
 use ledger_projections::readmodel::{Dialect, ReadModelError};
-use ledger_psp::fake::{Endpoint, ResourceBehaviour};
+use ledger_psp_fake::{Endpoint, ResourceBehaviour};
 use ledger_store::MemoryStore;
 use ledger_store::work::MemoryWorkStore;
 use tokio_util::sync::CancellationToken;
@@ -147,10 +147,13 @@ async fn reconcile_log_lines_tell_the_ops_story() {
     let h = testkit::memory(test_config()).await;
     let order_id = h.place_order("log-order", &ONE_LINE).await;
     h.fake
-        .behave_payment(&payment_id_for(order_id), ResourceBehaviour::Hold);
+        .behave_payment(payment_id_for(order_id).as_str(), ResourceBehaviour::Hold);
     h.run_until_idle().await;
     h.fake
-        .complete_payment(&payment_id_for(order_id), PaymentStatus::Succeeded)
+        .complete_payment(
+            payment_id_for(order_id).as_str(),
+            PaymentStatus::Succeeded.as_str(),
+        )
         .unwrap();
     let paid = h.paid_order("log-orphan", &ONE_LINE).await;
     h.request_refund(paid, "r1", None).await;

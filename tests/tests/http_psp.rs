@@ -18,7 +18,7 @@ use http_common::*;
 use ledger_core::ids::{OrderId, payment_id_for};
 use ledger_core::psp::PaymentStatus;
 use ledger_projections::verify::{VerifyOptions, verify};
-use ledger_psp::fake::{Counters, DeliveryMode, Endpoint, Fault, ResourceBehaviour};
+use ledger_psp_fake::{Counters, DeliveryMode, Endpoint, Fault, ResourceBehaviour};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -130,7 +130,10 @@ async fn full_marketplace_lifecycle(kind: Kind) {
 
     // The buyer pays; Hyperswitch's `payment_succeeded` webhook completes it.
     app.fake()
-        .complete_payment(&payment_id_for(order_id), PaymentStatus::Succeeded)
+        .complete_payment(
+            payment_id_for(order_id).as_str(),
+            PaymentStatus::Succeeded.as_str(),
+        )
         .unwrap();
     app.run_until_idle().await;
     let order = order_json(&app, order_id).await;
@@ -151,7 +154,7 @@ async fn full_marketplace_lifecycle(kind: Kind) {
             .transfer(t[seller]["stripe_transfer_id"].as_str().unwrap())
             .expect("the transfer exists at Stripe");
         assert_eq!(at_stripe.amount_minor, share);
-        assert_eq!(at_stripe.destination, format!("acct_{seller}"));
+        assert_eq!(at_stripe.destination, Some(format!("acct_{seller}")));
     }
 
     // Refund seller 1's line: phase 2, the PSP's webhook, then seller 1
@@ -234,7 +237,10 @@ async fn dropped_webhook_resolved_by_the_reconciler(kind: Kind) {
     // can tell).
     app.fake().set_delivery_mode(DeliveryMode::Delay);
     app.fake()
-        .complete_payment(&payment_id_for(order_id), PaymentStatus::Succeeded)
+        .complete_payment(
+            payment_id_for(order_id).as_str(),
+            PaymentStatus::Succeeded.as_str(),
+        )
         .unwrap();
     app.run_until_idle().await;
     assert_eq!(order_json(&app, order_id).await["status"], "pending");
@@ -328,7 +334,7 @@ async fn webhook_storm_with_psp_faults(kind: Kind) {
             // Odd orders: the buyer pays a while later, so the webhook
             // (duplicated, reordered) is what completes them.
             let payment = payment_id_for(ledger_core::ids::order_id_from_idempotency_key(&key));
-            fake.behave_payment(&payment, ResourceBehaviour::Hold);
+            fake.behave_payment(payment.as_str(), ResourceBehaviour::Hold);
         }
         let (order_id, _) = app
             .place_order(&key, &two_seller_order(&format!("buyer-{i}")))
@@ -344,8 +350,11 @@ async fn webhook_storm_with_psp_faults(kind: Kind) {
         if round >= 3 {
             // Pay what the PSP knows of (a create may still be failing).
             unpaid.retain(|order_id| {
-                fake.complete_payment(&payment_id_for(*order_id), PaymentStatus::Succeeded)
-                    .is_err()
+                fake.complete_payment(
+                    payment_id_for(*order_id).as_str(),
+                    PaymentStatus::Succeeded.as_str(),
+                )
+                .is_err()
             });
         }
         fake.release_held_webhooks();

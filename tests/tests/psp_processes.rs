@@ -22,11 +22,11 @@ use ledger_core::order::{LineInput, Order, OrderCommand};
 use ledger_core::psp::PaymentStatus;
 use ledger_core::{Amount, Currency, FeeBps, Source};
 use ledger_postgres::PgStore;
-use ledger_psp::fake::{
+use ledger_psp::{CreatePayment, HyperswitchClient, Secret};
+use ledger_psp_fake::{
     Endpoint, FAKE_HYPERSWITCH_API_KEY, FAKE_STRIPE_SECRET_KEY, FakeConfig, FakeHandle, FakePsp,
     ResourceBehaviour,
 };
-use ledger_psp::{CreatePayment, HyperswitchClient, Secret};
 use ledger_store::handle::{CommandContext, execute, load};
 use process::{ServeProcess, free_port, ledger_cmd};
 use serde_json::{Value, json};
@@ -132,7 +132,7 @@ async fn two_servers_on_one_postgres_never_double_act() {
     );
     fake.set_webhook_target(
         format!("{}/webhooks/hyperswitch", b.base),
-        Some(Secret::new(WEBHOOK_SECRET)),
+        Some(WEBHOOK_SECRET.to_owned()),
     );
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let servers = [&a.base, &b.base];
@@ -300,8 +300,11 @@ async fn reconcile_once_completes_an_order_whose_webhook_was_lost() {
     )
     .await
     .unwrap();
-    fake.complete_payment(&payment_id_for(order_id), PaymentStatus::Succeeded)
-        .unwrap();
+    fake.complete_payment(
+        payment_id_for(order_id).as_str(),
+        PaymentStatus::Succeeded.as_str(),
+    )
+    .unwrap();
 
     let env = env_against(&fake, &url);
     let dir = tempfile::tempdir().unwrap();

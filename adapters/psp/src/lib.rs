@@ -1,6 +1,6 @@
 //! PSP adapters: Hyperswitch (payments, refunds) and Stripe Connect (seller
-//! transfers) HTTP clients, webhook signature checks and envelope parsing,
-//! and a stateful fake of both APIs.
+//! transfers) HTTP clients, webhook signature checks and envelope parsing.
+//! The fake of both APIs is its own crate, `ledger-psp-fake`.
 //!
 //! **Guarantees:**
 //! - Wire types are private; the boundary speaks `ledger-core` domain types
@@ -19,7 +19,6 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod error;
-pub mod fake;
 pub mod gateway;
 mod http;
 pub mod hyperswitch;

@@ -11,11 +11,10 @@ use axum::http::{Request, StatusCode};
 use common::{Receiver, hs, usd};
 use ledger_core::ids::{PaymentId, PspRefundId};
 use ledger_core::psp::{PaymentStatus, RefundPspStatus};
-use ledger_psp::fake::{DeliveryMode, FakeConfig, FakeHandle, FakePsp, ResourceBehaviour};
 use ledger_psp::{
-    CreatePayment, CreateRefund, EventType, Secret, WebhookObject, parse_envelope,
-    verify_hyperswitch,
+    CreatePayment, CreateRefund, EventType, WebhookObject, parse_envelope, verify_hyperswitch,
 };
+use ledger_psp_fake::{DeliveryMode, FakeConfig, FakeHandle, FakePsp, ResourceBehaviour};
 use tower::ServiceExt;
 
 const KEY: &str = "payment_response_hash_key";
@@ -30,7 +29,7 @@ async fn fake_with_receiver(behaviour: ResourceBehaviour) -> (FakeHandle, Receiv
     let receiver = Receiver::start().await;
     fake.set_webhook_target(
         format!("{}/webhooks/hyperswitch", receiver.url),
-        Some(Secret::new(KEY)),
+        Some(KEY.to_owned()),
     );
     (fake, receiver)
 }
@@ -114,11 +113,14 @@ async fn held_resources_send_nothing_until_completed_and_event_ids_are_time_orde
         fake.deliver_pending_webhooks().await.is_empty(),
         "processing sends no webhook"
     );
-    assert_eq!(fake.payment_status(&id), Some(PaymentStatus::Processing));
+    assert_eq!(
+        fake.payment_status(id.as_str()).as_deref(),
+        Some("processing")
+    );
 
-    fake.complete_payment(&id, PaymentStatus::Processing)
+    fake.complete_payment(id.as_str(), PaymentStatus::Processing.as_str())
         .unwrap();
-    fake.complete_payment(&id, PaymentStatus::Succeeded)
+    fake.complete_payment(id.as_str(), PaymentStatus::Succeeded.as_str())
         .unwrap();
     let deliveries = fake.deliver_pending_webhooks().await;
     let types: Vec<&str> = deliveries.iter().map(|d| d.event_type.as_str()).collect();
@@ -190,11 +192,11 @@ async fn reorder_mode_delivers_newest_first() {
     let (fake, receiver) = fake_with_receiver(ResourceBehaviour::Hold).await;
     let id = create(&fake, "pay_order").await;
     fake.set_delivery_mode(DeliveryMode::Reorder);
-    fake.complete_payment(&id, PaymentStatus::Processing)
+    fake.complete_payment(id.as_str(), PaymentStatus::Processing.as_str())
         .unwrap();
-    fake.complete_payment(&id, PaymentStatus::RequiresCapture)
+    fake.complete_payment(id.as_str(), PaymentStatus::RequiresCapture.as_str())
         .unwrap();
-    fake.complete_payment(&id, PaymentStatus::Succeeded)
+    fake.complete_payment(id.as_str(), PaymentStatus::Succeeded.as_str())
         .unwrap();
     let emitted: Vec<String> = fake
         .emitted_webhooks()
@@ -272,7 +274,7 @@ async fn refund_webhooks_only_for_terminal_statuses() {
         .await
         .unwrap();
     assert_eq!(
-        fake.complete_refund(&refund_id, RefundPspStatus::Review)
+        fake.complete_refund(refund_id.as_str(), RefundPspStatus::Review.as_str())
             .unwrap(),
         None
     );
@@ -281,7 +283,7 @@ async fn refund_webhooks_only_for_terminal_statuses() {
         "review is silent"
     );
     let event_id = fake
-        .complete_refund(&refund_id, RefundPspStatus::Failed)
+        .complete_refund(refund_id.as_str(), RefundPspStatus::Failed.as_str())
         .unwrap()
         .unwrap();
     let deliveries = fake.deliver_pending_webhooks().await;
@@ -305,11 +307,11 @@ async fn counters_count_objects_and_requests_per_endpoint() {
     let counters = fake.counters();
     assert_eq!(counters.payments_created, 2);
     assert_eq!(
-        counters.requests_to(ledger_psp::fake::Endpoint::CreatePayment),
+        counters.requests_to(ledger_psp_fake::Endpoint::CreatePayment),
         3
     );
     assert_eq!(
-        counters.requests_to(ledger_psp::fake::Endpoint::GetPayment),
+        counters.requests_to(ledger_psp_fake::Endpoint::GetPayment),
         1
     );
     assert_eq!(counters.refunds_created, 0);
@@ -341,7 +343,7 @@ async fn the_router_works_in_process_with_psp_shaped_errors() {
     let unknown_field = app
         .oneshot(
             Request::post("/hs/payments")
-                .header("api-key", ledger_psp::fake::FAKE_HYPERSWITCH_API_KEY)
+                .header("api-key", ledger_psp_fake::FAKE_HYPERSWITCH_API_KEY)
                 .body(Body::from(
                     r#"{"amount":1,"currency":"USD","surprise":true}"#,
                 ))

@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use common::{Receiver, SHORT_TIMEOUT, hs, usd};
 use ledger_core::ids::{PaymentId, PspRefundId};
 use ledger_core::psp::{PaymentStatus, RefundPspStatus};
-use ledger_psp::fake::{Endpoint, FakeConfig, FakePsp, Fault, ResourceBehaviour};
 use ledger_psp::{
     CreatePayment, CreateRefund, HyperswitchClient, PspError, PspStatusReader, Secret,
 };
+use ledger_psp_fake::{Endpoint, FakeConfig, FakePsp, Fault, ResourceBehaviour};
 
 fn payment(id: &str, minor: i64) -> CreatePayment {
     CreatePayment {
@@ -169,7 +169,7 @@ async fn a_timeout_is_transient_and_the_retry_finds_the_payment_it_made() {
     let fake = FakePsp::start(FakeConfig::default()).await.unwrap();
     let impatient = HyperswitchClient::new(
         fake.hyperswitch_base_url(),
-        Secret::new(ledger_psp::fake::FAKE_HYPERSWITCH_API_KEY),
+        Secret::new(ledger_psp_fake::FAKE_HYPERSWITCH_API_KEY),
         SHORT_TIMEOUT,
     )
     .unwrap();
@@ -207,7 +207,7 @@ async fn unknown_payment_is_not_found_and_a_bare_404_is_not() {
     // must not be read as "the payment does not exist".
     let misconfigured = HyperswitchClient::new(
         format!("{}/wrong-prefix", fake.base_url()),
-        Secret::new(ledger_psp::fake::FAKE_HYPERSWITCH_API_KEY),
+        Secret::new(ledger_psp_fake::FAKE_HYPERSWITCH_API_KEY),
         common::TEST_TIMEOUT,
     )
     .unwrap();
@@ -429,7 +429,7 @@ async fn pending_refunds_are_found_by_polling_through_the_reader_trait() {
         reader.get_refund_status(&id).await.unwrap().status,
         RefundPspStatus::Pending
     );
-    fake.complete_refund(&id, RefundPspStatus::Succeeded)
+    fake.complete_refund(id.as_str(), RefundPspStatus::Succeeded.as_str())
         .unwrap();
     assert_eq!(
         reader.get_refund_status(&id).await.unwrap().status,

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 
 use common::{Receiver, SHORT_TIMEOUT, stripe, usd};
 use ledger_core::ids::{SellerAccount, StripeTransferId, TransferId};
-use ledger_psp::fake::{Endpoint, FAKE_STRIPE_SECRET_KEY, FakeConfig, FakePsp, Fault};
 use ledger_psp::stripe::transfer_idempotency_key;
 use ledger_psp::{CreateTransfer, PayoutGateway, PspError, ReversalOutcome, Secret, StripeClient};
+use ledger_psp_fake::{Endpoint, FAKE_STRIPE_SECRET_KEY, FakeConfig, FakePsp, Fault};
 use uuid::Uuid;
 
 fn transfer(n: u128, attempt: u32, minor: i64) -> CreateTransfer {

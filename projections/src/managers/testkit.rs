@@ -27,10 +27,10 @@ use ledger_core::order::{LineInput, Order, OrderCommand, PlacedOrder};
 use ledger_core::refund::{Refund, RefundCommand, RequestedRefund};
 use ledger_core::transfer::{ScheduledTransfer, SellerTransfer, TransferCommand};
 use ledger_core::{Amount, Currency, Decider, ExpectedVersion, FeeBps, Metadata, Source};
-use ledger_psp::fake::{
+use ledger_psp::{CreateReversal, HyperswitchClient, Secret, StripeClient};
+use ledger_psp_fake::{
     Counters, FAKE_HYPERSWITCH_API_KEY, FAKE_STRIPE_SECRET_KEY, FakeConfig, FakeHandle, FakePsp,
 };
-use ledger_psp::{CreateReversal, HyperswitchClient, Secret, StripeClient};
 use ledger_store::EventStore;
 use ledger_store::MemoryStore;
 use ledger_store::handle::{CommandContext, execute, load, to_new_events};
@@ -646,8 +646,8 @@ pub mod scenarios {
     use ledger_core::psp::{PaymentStatus, RefundPspStatus};
     use ledger_core::refund::{RefundFailureKind, RefundStatus};
     use ledger_core::transfer::{RetryPolicy, TransferStatus};
-    use ledger_psp::fake::{Endpoint, Fault, ResourceBehaviour};
     use ledger_psp::{CreatePayment, CreateRefund};
+    use ledger_psp_fake::{Endpoint, Fault, ResourceBehaviour};
     use ledger_store::work::WorkOrder;
 
     use super::*;
@@ -670,7 +670,7 @@ pub mod scenarios {
     async fn pending_order(h: &Harness, key: &str) -> OrderId {
         let order_id = order_id_from_idempotency_key(key);
         h.fake
-            .behave_payment(&payment_id_for(order_id), ResourceBehaviour::Hold);
+            .behave_payment(payment_id_for(order_id).as_str(), ResourceBehaviour::Hold);
         h.place_order(key, &ONE_LINE).await;
         h.run_until_idle().await;
         assert_eq!(h.order(order_id).await.status, OrderStatus::Pending);
@@ -681,7 +681,7 @@ pub mod scenarios {
     async fn submitted_refund(h: &Harness, order_id: OrderId, key: &str) -> RefundId {
         let refund_id = refund_id_from_idempotency_key(order_id, key);
         h.fake.behave_refund(
-            &ledger_core::ids::psp_refund_id_for(refund_id),
+            ledger_core::ids::psp_refund_id_for(refund_id).as_str(),
             ResourceBehaviour::Hold,
         );
         h.request_refund(order_id, key, None).await;
@@ -698,7 +698,10 @@ pub mod scenarios {
         let order_id = pending_order(&h, "stuck").await;
         // The PSP finished, but its webhook never arrived.
         h.fake
-            .complete_payment(&payment_id_for(order_id), PaymentStatus::Succeeded)
+            .complete_payment(
+                payment_id_for(order_id).as_str(),
+                PaymentStatus::Succeeded.as_str(),
+            )
             .expect("complete");
         h.advance(31 * MINUTE);
         let report = h.reconcile().await;
@@ -739,7 +742,10 @@ pub mod scenarios {
         for key in ["backlog-1", "backlog-2", "backlog-3"] {
             let order_id = pending_order(&h, key).await;
             h.fake
-                .complete_payment(&payment_id_for(order_id), PaymentStatus::Succeeded)
+                .complete_payment(
+                    payment_id_for(order_id).as_str(),
+                    PaymentStatus::Succeeded.as_str(),
+                )
                 .expect("complete");
             orders.push(order_id);
             h.advance(MINUTE);
@@ -768,7 +774,10 @@ pub mod scenarios {
         let h = make.make(test_config()).await;
         let order_id = pending_order(&h, "recent").await;
         h.fake
-            .complete_payment(&payment_id_for(order_id), PaymentStatus::Succeeded)
+            .complete_payment(
+                payment_id_for(order_id).as_str(),
+                PaymentStatus::Succeeded.as_str(),
+            )
             .expect("complete");
         h.advance(29 * MINUTE);
         let report = h.reconcile().await;
@@ -807,7 +816,10 @@ pub mod scenarios {
         let h = make.make(test_config()).await;
         let order_id = pending_order(&h, "psp-down").await;
         h.fake
-            .complete_payment(&payment_id_for(order_id), PaymentStatus::Succeeded)
+            .complete_payment(
+                payment_id_for(order_id).as_str(),
+                PaymentStatus::Succeeded.as_str(),
+            )
             .expect("complete");
         h.fake
             .inject_fault(Endpoint::GetPayment, Fault::Status(500), 1);
@@ -907,7 +919,7 @@ pub mod scenarios {
         let refund_id = submitted_refund(&h, order_id, "r1").await;
         let psp_id = ledger_core::ids::psp_refund_id_for(refund_id);
         h.fake
-            .complete_refund(&psp_id, RefundPspStatus::Succeeded)
+            .complete_refund(psp_id.as_str(), RefundPspStatus::Succeeded.as_str())
             .expect("complete");
         h.advance(31 * MINUTE);
         let report = h.reconcile().await;
@@ -937,7 +949,7 @@ pub mod scenarios {
         let refund_id = submitted_refund(&h, order_id, "r1").await;
         let psp_id = ledger_core::ids::psp_refund_id_for(refund_id);
         h.fake
-            .complete_refund(&psp_id, RefundPspStatus::Failed)
+            .complete_refund(psp_id.as_str(), RefundPspStatus::Failed.as_str())
             .expect("complete");
         h.advance(31 * MINUTE);
         let report = h.reconcile().await;
@@ -957,8 +969,10 @@ pub mod scenarios {
         let h = make.make(test_config()).await;
         let completed = h.paid_order("t-completed", &ONE_LINE).await;
         let failed_id = order_id_from_idempotency_key("t-failed");
-        h.fake
-            .behave_payment(&payment_id_for(failed_id), ResourceBehaviour::AutoFail);
+        h.fake.behave_payment(
+            payment_id_for(failed_id).as_str(),
+            ResourceBehaviour::AutoFail,
+        );
         h.paid_order("t-failed", &ONE_LINE).await;
         let cancelled = h.place_order("t-cancelled", &ONE_LINE).await;
         h.api::<Order>(
@@ -975,7 +989,7 @@ pub mod scenarios {
         let refused = h.paid_order("t-refund-failed", &ONE_LINE).await;
         let failed_refund = refund_id_from_idempotency_key(refused, "r1");
         h.fake.behave_refund(
-            &ledger_core::ids::psp_refund_id_for(failed_refund),
+            ledger_core::ids::psp_refund_id_for(failed_refund).as_str(),
             ResourceBehaviour::AutoFail,
         );
         h.request_refund(refused, "r1", None).await;

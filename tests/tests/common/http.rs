@@ -26,7 +26,7 @@ use ledger_core::order::{Order, OrderCommand};
 use ledger_postgres::PgStore;
 use ledger_projections::clock::{Clock, ManualClock};
 use ledger_projections::managers::{Managers, RunReport};
-use ledger_psp::fake::FakePsp;
+use ledger_psp_fake::FakePsp;
 use ledger_sqlite::SqliteStore;
 use ledger_store::handle::{CommandContext, execute};
 use ledger_store::webhook_log::WebhookLogEntry;

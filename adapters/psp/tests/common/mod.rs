@@ -12,8 +12,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use ledger_core::{Amount, Currency};
-use ledger_psp::fake::{FAKE_HYPERSWITCH_API_KEY, FAKE_STRIPE_SECRET_KEY, FakeHandle};
 use ledger_psp::{HyperswitchClient, Secret, StripeClient};
+use ledger_psp_fake::{FAKE_HYPERSWITCH_API_KEY, FAKE_STRIPE_SECRET_KEY, FakeHandle};
 
 /// Generous for loopback; tests that need a timeout build their own client.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,18 +1,30 @@
 //! A stateful fake of the Hyperswitch and Stripe Connect APIs, for tests and
-//! the dev server.
+//! the dev server, written from the providers' documents (psp.md and their
+//! API references), never from our client: it imports nothing from it.
 //!
 //! **Guarantees:**
-//! - Wire shapes, status enums and error bodies are the ones in psp.md:
+//! - Wire shapes, status enums and error bodies are the providers':
 //!   `HE_01` duplicates, `HE_02` missing objects, `HE_03` refund before
-//!   success, `IR_13` over-refund, `IR_01` bad key (401), Stripe
-//!   `resource_missing`, `balance_insufficient`, "The transfer tr_… is
-//!   already fully reversed", `idempotency_error`.
-//! - Stripe `Idempotency-Key`: the same key with the same parameters replays
-//!   the first stored response byte for byte (errors included, with
-//!   `Idempotent-Replayed: true`); the same key with other parameters is a
-//!   400 `idempotency_error`. Like Stripe, requests that fail validation or
-//!   authentication are not stored. Injected faults act *in front of* the
-//!   API (like a load balancer) and are never stored either.
+//!   success, `IR_13` over-refund, `IR_01` bad key (401), `IR_04` missing
+//!   required `profile_id`, `IR_06` undeserialisable bodies (unknown fields,
+//!   bad `customer_id`, bad `refund_type`), Stripe `resource_missing`,
+//!   `balance_insufficient`, "The transfer tr_… is already fully reversed",
+//!   `idempotency_error`, `idempotency_key_in_use` (409).
+//! - Stripe idempotency as documented: a POST under an `Idempotency-Key`
+//!   that began executing stores its status and body, 2xx and errors alike
+//!   (500s included); a later request with the key and the same parameters
+//!   gets them back with `Idempotent-Replayed: true`, other parameters get a
+//!   400 `idempotency_error`. Validation and authentication failures, and
+//!   faults in front of the API, are not stored. A 5xx from the API says
+//!   `Stripe-Should-Retry: false`; a 409 and a 429 say `true` (the 429 with
+//!   `Retry-After`). Stored keys age on the injectable [`FakeClock`] and can
+//!   be pruned, after which the key executes afresh.
+//! - Faults either act in front of the API (nothing happens) or after the
+//!   effect ([`Fault::SucceedThenStatus`], [`Fault::SucceedThenDrop`],
+//!   [`Fault::HangAfterCommit`]): the object exists, the answer is lost.
+//! - Stripe lists (`GET /v1/transfers`, `GET /v1/transfers/{id}/reversals`)
+//!   are newest first with Stripe's cursor pagination; every `created` comes
+//!   from the fake's clock.
 //! - Webhooks are signed HMAC-SHA512 over the exact body bytes and carry the
 //!   real headers; the envelope is compact JSON in psp.md field order with a
 //!   time-ordered `evt_…` id. Nothing is delivered by a background timer
@@ -20,20 +32,32 @@
 //!   [`FakePsp::deliver_pending_webhooks`] and get the results back.
 //! - [`FakePsp::counters`] counts every request per endpoint and every
 //!   money-moving object created, so tests can assert "exactly once".
+//! - No request can make a handler panic.
 //!
 //! Layout: one server, one port. Hyperswitch lives under [`HYPERSWITCH_PREFIX`]
 //! (`/hs/payments`, …), Stripe under [`STRIPE_PREFIX`] (`/stripe/v1/transfers`,
 //! …), and an unauthenticated control surface under `/_fake` (loopback test
-//! tool only: `POST /_fake/payments/{id}/complete {"status"}`,
-//! `POST /_fake/refunds/{id}/complete {"status"}`,
-//! `POST /_fake/webhooks/target {"url","key"}`, `POST /_fake/webhooks/deliver`,
-//! `POST /_fake/webhooks/release`, `GET /_fake/counters`).
+//! tool only):
+//! - `POST /_fake/payments/{id}/complete {"status"}`,
+//!   `POST /_fake/refunds/{id}/complete {"status"}`: a documented status,
+//!   with its webhook; `{"event_id"}`.
+//! - `POST /_fake/payments/{id}/status {"status"}`,
+//!   `POST /_fake/refunds/{id}/status {"status"}`: any string, no webhook.
+//! - `POST /_fake/stripe/transfers/{id}/destination_null`.
+//! - `POST /_fake/stripe/idempotency/prune` with an optional
+//!   `{"older_than_secs": n}`: `{"pruned": n}`.
+//! - `POST /_fake/webhooks/target {"url","key"}`, `POST /_fake/webhooks/deliver`,
+//!   `POST /_fake/webhooks/release`, `GET /_fake/counters`.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod clock;
 mod control;
 mod hyperswitch;
 mod state;
 mod stripe;
 mod webhooks;
+pub mod wire;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -43,14 +67,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::Router;
-use ledger_core::ids::{PaymentId, PspRefundId};
-use ledger_core::psp::{PaymentStatus, RefundPspStatus};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::secret::Secret;
 use state::FakeState;
 
+pub use clock::{FakeClock, ManualClock, WallClock};
 pub use webhooks::{EmittedWebhook, WebhookDelivery};
 
 /// Path prefix of the fake Hyperswitch API.
@@ -67,6 +89,12 @@ pub const WEBHOOK_DELIVERY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 /// Emitted webhooks kept for inspection; oldest dropped first. Bounds the
 /// memory of a long-running dev fake.
 pub const EMITTED_WEBHOOKS_MAX: usize = 10_000;
+/// `Retry-After` (seconds) on an injected 429.
+pub const RETRY_AFTER_SECS: u32 = 1;
+/// The `connector` the fake reports unless configured otherwise.
+pub const CONNECTOR_DEFAULT: &str = "fake";
+/// The `profile_id` objects carry when the request named none.
+pub const PROFILE_ID_DEFAULT: &str = "pro_fake";
 
 /// What a new payment or refund does right after creation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -116,10 +144,14 @@ pub enum Endpoint {
     GetTransfer,
     /// Stripe `POST /v1/transfers/{id}/reversals`.
     CreateReversal,
+    /// Stripe `GET /v1/transfers`.
+    ListTransfers,
+    /// Stripe `GET /v1/transfers/{id}/reversals`.
+    ListReversals,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 7] = [
+    pub const ALL: [Endpoint; 9] = [
         Endpoint::CreatePayment,
         Endpoint::GetPayment,
         Endpoint::CreateRefund,
@@ -127,12 +159,18 @@ impl Endpoint {
         Endpoint::CreateTransfer,
         Endpoint::GetTransfer,
         Endpoint::CreateReversal,
+        Endpoint::ListTransfers,
+        Endpoint::ListReversals,
     ];
 
     fn is_stripe(self) -> bool {
         matches!(
             self,
-            Endpoint::CreateTransfer | Endpoint::GetTransfer | Endpoint::CreateReversal
+            Endpoint::CreateTransfer
+                | Endpoint::GetTransfer
+                | Endpoint::CreateReversal
+                | Endpoint::ListTransfers
+                | Endpoint::ListReversals
         )
     }
 }
@@ -140,15 +178,25 @@ impl Endpoint {
 /// An injected failure, consumed by the next call to its endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
-    /// Answer this status with the API's generic error body; nothing happens.
+    /// In front of the API (a load balancer): answer this status with the
+    /// API's generic error body; nothing happens, nothing is stored.
     Status(u16),
-    /// Answer 429; nothing happens.
+    /// In front of the API: 429 with `Retry-After` (and, on Stripe,
+    /// `Stripe-Should-Retry: true`); nothing happens, nothing is stored.
     RateLimited,
     /// Never answer; nothing happens. The client has to time out.
     Hang,
     /// Do the work (and store the idempotent response), then never answer:
     /// the "timed out but it happened" case.
     HangAfterCommit,
+    /// Do the work (objects, webhooks), then answer this status with the
+    /// API's generic error body. On Stripe that error is what the
+    /// `Idempotency-Key` stores, so a retry replays it.
+    SucceedThenStatus(u16),
+    /// Do the work (on Stripe, store the 2xx under the key), then close the
+    /// connection without any HTTP response: the client sees a transport
+    /// error at once, not a timeout.
+    SucceedThenDrop,
     /// Hyperswitch: HTTP 200 with `status: processing` (refunds: `pending`)
     /// and this `error_code` / `error_message`. A create stores that state
     /// and sends no webhook; a GET only reports it. On Stripe endpoints it
@@ -159,19 +207,28 @@ pub enum Fault {
 }
 
 /// Where webhooks go and how they are signed.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WebhookTarget {
     pub url: String,
     /// `payment_response_hash_key`. `None` sends no signature header, as
     /// Hyperswitch does for a profile without a key.
-    pub key: Option<Secret>,
+    pub key: Option<String>,
+}
+
+impl fmt::Debug for WebhookTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookTarget")
+            .field("url", &self.url)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Start-up configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FakeConfig {
-    pub hyperswitch_api_key: Secret,
-    pub stripe_secret_key: Secret,
+    pub hyperswitch_api_key: String,
+    pub stripe_secret_key: String,
     pub merchant_id: String,
     pub payment_behaviour: ResourceBehaviour,
     pub refund_behaviour: ResourceBehaviour,
@@ -184,13 +241,31 @@ pub struct FakeConfig {
     /// `None` is unlimited. Exceeding it answers `balance_insufficient`.
     pub stripe_balance_minor: Option<i64>,
     pub webhook_timeout: Duration,
+    /// The merchant has several business profiles: `POST /payments` must
+    /// name this `profile_id`. `None` accepts any (or none).
+    pub required_profile_id: Option<String>,
+    /// The Hyperswitch `connector` reported on objects. `"stripe"` also
+    /// restricts refund `reason`s to Stripe's three.
+    pub connector: String,
+    /// Source of every timestamp and of idempotency-key ages.
+    pub clock: Arc<dyn FakeClock>,
+}
+
+impl fmt::Debug for FakeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FakeConfig")
+            .field("merchant_id", &self.merchant_id)
+            .field("webhook_target", &self.webhook_target)
+            .field("connector", &self.connector)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for FakeConfig {
     fn default() -> Self {
         FakeConfig {
-            hyperswitch_api_key: Secret::new(FAKE_HYPERSWITCH_API_KEY),
-            stripe_secret_key: Secret::new(FAKE_STRIPE_SECRET_KEY),
+            hyperswitch_api_key: FAKE_HYPERSWITCH_API_KEY.to_owned(),
+            stripe_secret_key: FAKE_STRIPE_SECRET_KEY.to_owned(),
             merchant_id: "merchant_fake".to_owned(),
             payment_behaviour: ResourceBehaviour::default(),
             refund_behaviour: ResourceBehaviour::default(),
@@ -199,6 +274,9 @@ impl Default for FakeConfig {
             auto_deliver_webhooks: false,
             stripe_balance_minor: None,
             webhook_timeout: WEBHOOK_DELIVERY_TIMEOUT_DEFAULT,
+            required_profile_id: None,
+            connector: CONNECTOR_DEFAULT.to_owned(),
+            clock: Arc::new(WallClock),
         }
     }
 }
@@ -232,8 +310,49 @@ pub struct TransferSnapshot {
     pub amount_reversed_minor: i64,
     pub reversed: bool,
     pub currency: String,
-    pub destination: String,
+    /// `None` once [`FakePsp::set_transfer_destination_null`] ran.
+    pub destination: Option<String>,
+    pub transfer_group: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    /// Unix seconds, from the fake's clock.
+    pub created: i64,
     pub reversal_ids: Vec<String>,
+}
+
+/// A transfer reversal's state, for assertions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReversalSnapshot {
+    pub id: String,
+    pub transfer: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub metadata: BTreeMap<String, String>,
+    pub created: i64,
+}
+
+/// A Hyperswitch payment's state, for assertions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PaymentSnapshot {
+    pub payment_id: String,
+    pub status: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub customer_id: Option<String>,
+    pub profile_id: String,
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// A Hyperswitch refund's state, for assertions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefundSnapshot {
+    pub refund_id: String,
+    pub payment_id: String,
+    pub status: String,
+    pub amount_minor: i64,
+    pub refund_type: Option<String>,
+    pub reason: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    pub profile_id: String,
 }
 
 /// Control-API failures.
@@ -243,6 +362,10 @@ pub enum FakeError {
     UnknownPayment(String),
     #[error("fake has no refund {0}")]
     UnknownRefund(String),
+    #[error("fake has no transfer {0}")]
+    UnknownTransfer(String),
+    #[error("{0:?} is not a documented status here (use set_*_status for arbitrary ones)")]
+    UndocumentedStatus(String),
 }
 
 /// The fake's shared state. Cheap to clone; all clones see the same state.
@@ -254,8 +377,8 @@ pub struct FakePsp {
 struct Inner {
     state: Mutex<FakeState>,
     http: reqwest::Client,
-    hyperswitch_api_key: Secret,
-    stripe_secret_key: Secret,
+    hyperswitch_api_key: String,
+    stripe_secret_key: String,
     auto_deliver: bool,
     /// Flipped on shutdown; hanging handlers wait on it.
     shutdown: watch::Sender<bool>,
@@ -329,7 +452,7 @@ impl FakePsp {
     }
 
     /// Sends webhooks to `url`, signed with `key` (`None`: unsigned).
-    pub fn set_webhook_target(&self, url: impl Into<String>, key: Option<Secret>) {
+    pub fn set_webhook_target(&self, url: impl Into<String>, key: Option<String>) {
         self.lock().webhooks.target = Some(WebhookTarget {
             url: url.into(),
             key,
@@ -351,41 +474,103 @@ impl FakePsp {
     }
 
     /// Behaviour of the payment with this id when it gets created.
-    pub fn behave_payment(&self, payment_id: &PaymentId, behaviour: ResourceBehaviour) {
+    pub fn behave_payment(&self, payment_id: &str, behaviour: ResourceBehaviour) {
         self.lock()
             .payment_overrides
-            .insert(payment_id.as_str().to_owned(), behaviour);
+            .insert(payment_id.to_owned(), behaviour);
     }
 
     /// Behaviour of the refund with this id when it gets created.
-    pub fn behave_refund(&self, refund_id: &PspRefundId, behaviour: ResourceBehaviour) {
+    pub fn behave_refund(&self, refund_id: &str, behaviour: ResourceBehaviour) {
         self.lock()
             .refund_overrides
-            .insert(refund_id.as_str().to_owned(), behaviour);
+            .insert(refund_id.to_owned(), behaviour);
     }
 
-    /// Moves a payment to `status` and queues the matching webhook, if
+    /// `POST /payments` must carry this `profile_id` (`None`: any or none).
+    pub fn require_profile_id(&self, profile_id: Option<&str>) {
+        self.lock().required_profile_id = profile_id.map(str::to_owned);
+    }
+
+    /// The Hyperswitch `connector` of objects created from now on.
+    pub fn set_connector(&self, connector: &str) {
+        connector.clone_into(&mut self.lock().connector);
+    }
+
+    /// Moves a payment to a documented `status` (see
+    /// [`wire::HS_PAYMENT_STATUSES`]) and queues the matching webhook, if
     /// Hyperswitch sends one for it. Returns the webhook's `event_id`.
     pub fn complete_payment(
         &self,
-        payment_id: &PaymentId,
-        status: PaymentStatus,
+        payment_id: &str,
+        status: &str,
     ) -> Result<Option<String>, FakeError> {
-        let event = self.lock().complete_payment(payment_id.as_str(), status)?;
+        if !wire::HS_PAYMENT_STATUSES.contains(&status) {
+            return Err(FakeError::UndocumentedStatus(status.to_owned()));
+        }
+        let event = self.lock().complete_payment(payment_id, status)?;
         self.kick_auto_delivery();
         Ok(event)
     }
 
-    /// Moves a refund to `status` and queues `refund_succeeded` /
-    /// `refund_failed`; `pending` and `review` send nothing (psp.md).
+    /// Moves a refund to a documented `status` and queues `refund_succeeded`
+    /// / `refund_failed`; `pending` and `review` send nothing (psp.md).
     pub fn complete_refund(
         &self,
-        refund_id: &PspRefundId,
-        status: RefundPspStatus,
+        refund_id: &str,
+        status: &str,
     ) -> Result<Option<String>, FakeError> {
-        let event = self.lock().complete_refund(refund_id.as_str(), status)?;
+        if !wire::HS_REFUND_STATUSES.contains(&status) {
+            return Err(FakeError::UndocumentedStatus(status.to_owned()));
+        }
+        let event = self.lock().complete_refund(refund_id, status)?;
         self.kick_auto_delivery();
         Ok(event)
+    }
+
+    /// Sets a payment's `status` to any string (e.g. one a newer Hyperswitch
+    /// added), without a webhook: GETs then report it.
+    pub fn set_payment_status(&self, payment_id: &str, status: &str) -> Result<(), FakeError> {
+        self.lock().set_payment_status(payment_id, status)
+    }
+
+    /// Sets a refund's `status` to any string, without a webhook.
+    pub fn set_refund_status(&self, refund_id: &str, status: &str) -> Result<(), FakeError> {
+        self.lock().set_refund_status(refund_id, status)
+    }
+
+    /// Makes the transfer answer `"destination": null` (nullable in
+    /// Stripe's schema).
+    pub fn set_transfer_destination_null(&self, transfer_id: &str) -> Result<(), FakeError> {
+        match self.lock().transfers.get_mut(transfer_id) {
+            Some(transfer) => {
+                transfer.destination = None;
+                Ok(())
+            }
+            None => Err(FakeError::UnknownTransfer(transfer_id.to_owned())),
+        }
+    }
+
+    /// Forgets every stored Stripe idempotency key; returns how many.
+    pub fn prune_idempotency_keys(&self) -> usize {
+        self.lock().prune_idempotency(None)
+    }
+
+    /// Forgets the stored keys at least `age` old on the fake's clock (Stripe
+    /// prunes keys once they are at least 24 hours old).
+    pub fn prune_idempotency_keys_older_than(&self, age: Duration) -> usize {
+        self.lock().prune_idempotency(Some(age))
+    }
+
+    /// Requests under `key` answer 409 `idempotency_key_in_use`, as while
+    /// another request with that key is still executing, until
+    /// [`FakePsp::finish_idempotency_key`].
+    pub fn hold_idempotency_key(&self, key: &str) {
+        self.lock().keys_in_flight.insert(key.to_owned());
+    }
+
+    pub fn finish_idempotency_key(&self, key: &str) {
+        self.lock().keys_in_flight.remove(key);
     }
 
     /// The next `times` calls to `endpoint` suffer `fault` (after any
@@ -437,30 +622,74 @@ impl FakePsp {
         self.lock().counters.clone()
     }
 
-    pub fn payment_status(&self, payment_id: &PaymentId) -> Option<PaymentStatus> {
+    pub fn payment_status(&self, payment_id: &str) -> Option<String> {
         self.lock()
             .payments
-            .get(payment_id.as_str())
+            .get(payment_id)
             .map(|p| p.status.clone())
     }
 
-    pub fn refund_status(&self, refund_id: &PspRefundId) -> Option<RefundPspStatus> {
+    pub fn refund_status(&self, refund_id: &str) -> Option<String> {
+        self.lock().refunds.get(refund_id).map(|r| r.status.clone())
+    }
+
+    pub fn payment(&self, payment_id: &str) -> Option<PaymentSnapshot> {
         self.lock()
-            .refunds
-            .get(refund_id.as_str())
-            .map(|r| r.status)
+            .payments
+            .get(payment_id)
+            .map(|p| PaymentSnapshot {
+                payment_id: p.payment_id.clone(),
+                status: p.status.clone(),
+                amount_minor: p.amount,
+                currency: p.currency.clone(),
+                customer_id: p.customer_id.clone(),
+                profile_id: p.profile_id.clone(),
+                metadata: p.metadata.clone(),
+            })
+    }
+
+    pub fn refund(&self, refund_id: &str) -> Option<RefundSnapshot> {
+        self.lock().refunds.get(refund_id).map(|r| RefundSnapshot {
+            refund_id: r.refund_id.clone(),
+            payment_id: r.payment_id.clone(),
+            status: r.status.clone(),
+            amount_minor: r.amount,
+            refund_type: r.refund_type.clone(),
+            reason: r.reason.clone(),
+            metadata: r.metadata.clone(),
+            profile_id: r.profile_id.clone(),
+        })
     }
 
     pub fn transfer(&self, id: &str) -> Option<TransferSnapshot> {
-        self.lock().transfers.get(id).map(|t| TransferSnapshot {
-            id: t.id.clone(),
-            amount_minor: t.amount,
-            amount_reversed_minor: t.amount_reversed,
-            reversed: t.amount_reversed >= t.amount,
-            currency: t.currency.clone(),
-            destination: t.destination.clone(),
-            reversal_ids: t.reversals.iter().map(|r| r.id.clone()).collect(),
-        })
+        self.lock().transfers.get(id).map(state::Transfer::snapshot)
+    }
+
+    /// Every transfer, newest first.
+    pub fn transfers(&self) -> Vec<TransferSnapshot> {
+        self.lock()
+            .transfers_newest_first()
+            .into_iter()
+            .map(state::Transfer::snapshot)
+            .collect()
+    }
+
+    /// The transfers whose `metadata[key]` is `value`, newest first.
+    pub fn transfers_with_metadata(&self, key: &str, value: &str) -> Vec<TransferSnapshot> {
+        self.transfers()
+            .into_iter()
+            .filter(|t| t.metadata.get(key).is_some_and(|v| v == value))
+            .collect()
+    }
+
+    /// The reversals of a transfer, oldest first (empty if there is no such
+    /// transfer).
+    pub fn reversals_of(&self, transfer_id: &str) -> Vec<ReversalSnapshot> {
+        self.lock()
+            .transfers
+            .get(transfer_id)
+            .map(|t| t.reversals.iter().map(state::Reversal::snapshot).collect())
+            .unwrap_or_default()
     }
 
     fn lock(&self) -> MutexGuard<'_, FakeState> {
@@ -510,12 +739,12 @@ impl FakeHandle {
         format!("http://{}", self.addr)
     }
 
-    /// Base URL for [`crate::HyperswitchClient::new`].
+    /// Base URL of the fake Hyperswitch API.
     pub fn hyperswitch_base_url(&self) -> String {
         format!("{}{HYPERSWITCH_PREFIX}", self.base_url())
     }
 
-    /// Base URL for [`crate::StripeClient::new`].
+    /// Base URL of the fake Stripe API.
     pub fn stripe_base_url(&self) -> String {
         format!("{}{STRIPE_PREFIX}", self.base_url())
     }

@@ -5,6 +5,23 @@
 //! are unique (`HE_01` on reuse); a refund needs a succeeded payment
 //! (`HE_03`) and can never exceed what was captured minus non-failed refunds
 //! (`IR_13`); webhooks are emitted only for statuses Hyperswitch announces.
+//!
+//! Request rules and the error each answers (Hyperswitch's API reference,
+//! api-reference.hyperswitch.io, and its `ApiErrorResponse` codes):
+//! - a body that does not deserialise into the documented request (unknown
+//!   field, wrong type, a `customer_id` over 64 characters or outside
+//!   `[A-Za-z0-9_-]`, a `refund_type` other than `instant` / `scheduled`, a
+//!   `reason` over 255 characters): 400 `IR_06` "Json deserialize error: …",
+//!   since Hyperswitch validates those while deserialising;
+//! - `profile_id` missing when the merchant has several profiles
+//!   ([`super::FakePsp::require_profile_id`]): 400 `IR_04` "Missing
+//!   required param: profile_id" (`MissingRequiredField`); naming another
+//!   profile: 404 `HE_02` "Business profile with the given id '…' does not
+//!   exist in our records" (`ProfileNotFound`);
+//! - a refund `reason` outside `duplicate`, `fraudulent`,
+//!   `requested_by_customer` while the connector is `stripe` (psp.md): 400
+//!   `IR_07` "Invalid value provided: reason" (`InvalidDataValue`), the
+//!   closest documented code, since the refusal really comes from Stripe.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -12,15 +29,14 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
-use ledger_core::Currency;
-use ledger_core::ids::PSP_ID_MAX;
-use ledger_core::psp::{PaymentStatus, RefundPspStatus};
 use serde::{Deserialize, Serialize};
 
 use super::state::{FakeState, Payment, Refund, Reply, guarded, hs_error, iso, random_suffix};
-use super::{Endpoint, FakeError, FakePsp, Fault, ResourceBehaviour};
-use crate::hyperswitch::METADATA_KEYS_MAX;
-use crate::webhook::EventType;
+use super::wire::{
+    HS_CUSTOMER_ID_MAX, HS_ID_MAX, HS_METADATA_KEYS_MAX as METADATA_KEYS_MAX, HS_REFUND_REASON_MAX,
+    HS_REFUND_TYPES, STRIPE_CONNECTOR_REFUND_REASONS, payment_event, refund_event,
+};
+use super::{Endpoint, FakeError, FakePsp, Fault, PROFILE_ID_DEFAULT, ResourceBehaviour};
 
 pub(super) fn routes() -> Router<FakePsp> {
     Router::new()
@@ -103,13 +119,14 @@ pub(super) struct PaymentJson<'a> {
     amount: i64,
     net_amount: i64,
     amount_received: Option<i64>,
-    connector: &'static str,
+    connector: &'a str,
     client_secret: &'a str,
     created: String,
     currency: &'a str,
     customer_id: Option<&'a str>,
     description: Option<&'a str>,
     metadata: Option<&'a serde_json::Value>,
+    profile_id: &'a str,
     error_code: Option<&'a str>,
     error_message: Option<&'a str>,
     updated: String,
@@ -129,29 +146,27 @@ pub(super) struct RefundJson<'a> {
     error_code: Option<&'a str>,
     created_at: String,
     updated_at: String,
-    connector: &'static str,
-    profile_id: &'static str,
+    connector: &'a str,
+    profile_id: &'a str,
     connector_refund_id: &'a str,
 }
-
-const CONNECTOR: &str = "fake";
-const PROFILE_ID: &str = "pro_fake";
 
 fn payment_json<'a>(merchant_id: &'a str, p: &'a Payment) -> PaymentJson<'a> {
     PaymentJson {
         payment_id: &p.payment_id,
         merchant_id,
-        status: p.status.as_str(),
+        status: &p.status,
         amount: p.amount,
         net_amount: p.amount,
         amount_received: p.amount_received,
-        connector: CONNECTOR,
+        connector: &p.connector,
         client_secret: &p.client_secret,
         created: iso(p.created),
         currency: &p.currency,
         customer_id: p.customer_id.as_deref(),
         description: p.description.as_deref(),
         metadata: p.metadata.as_ref(),
+        profile_id: &p.profile_id,
         error_code: p.error_code.as_deref(),
         error_message: p.error_message.as_deref(),
         updated: iso(p.updated),
@@ -164,7 +179,7 @@ fn refund_json(r: &Refund) -> RefundJson<'_> {
         payment_id: &r.payment_id,
         amount: r.amount,
         currency: &r.currency,
-        status: r.status.as_str(),
+        status: &r.status,
         reason: r.reason.as_deref(),
         metadata: r
             .metadata
@@ -174,8 +189,8 @@ fn refund_json(r: &Refund) -> RefundJson<'_> {
         error_code: r.error_code.as_deref(),
         created_at: iso(r.created_at),
         updated_at: iso(r.updated_at),
-        connector: CONNECTOR,
-        profile_id: PROFILE_ID,
+        connector: &r.connector,
+        profile_id: &r.profile_id,
         connector_refund_id: &r.connector_refund_id,
     }
 }
@@ -205,6 +220,40 @@ fn payment_missing() -> Reply {
     )
 }
 
+/// Hyperswitch's deserialisation failure (400 `IR_06`).
+fn deserialize_error(detail: &str) -> Reply {
+    hs_error(
+        400,
+        "invalid_request",
+        "IR_06",
+        &format!("Json deserialize error: {detail}"),
+    )
+}
+
+/// `customer_id`: 1 to 64 characters of `[A-Za-z0-9_-]`.
+fn check_customer_id(customer_id: &str) -> Result<(), Reply> {
+    let length = customer_id.chars().count();
+    if length == 0 || length > HS_CUSTOMER_ID_MAX {
+        return Err(deserialize_error(&format!(
+            "customer_id: must be between 1 and {HS_CUSTOMER_ID_MAX} characters"
+        )));
+    }
+    if !customer_id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(deserialize_error(
+            "customer_id: must consist of only alphanumeric characters, hyphens and underscores",
+        ));
+    }
+    Ok(())
+}
+
+/// An ISO 4217 code as Hyperswitch spells it: three uppercase letters.
+fn is_currency(code: &str) -> bool {
+    code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
+}
+
 fn check_metadata(metadata: Option<&serde_json::Value>) -> Result<(), Reply> {
     match metadata {
         None | Some(serde_json::Value::Null) => Ok(()),
@@ -226,23 +275,27 @@ impl FakeState {
                 );
             }
         };
-        // Read but unused: the fake has no payment methods or profiles.
-        let _ = (
-            request.confirm,
-            request.capture_method,
-            request.return_url,
-            request.profile_id,
-        );
+        // Read but unused: the fake has no payment methods.
+        let _ = (request.confirm, request.capture_method, request.return_url);
+        if let Some(customer_id) = &request.customer_id
+            && let Err(reply) = check_customer_id(customer_id)
+        {
+            return reply;
+        }
+        let profile_id = match self.check_profile_id(request.profile_id) {
+            Ok(profile_id) => profile_id,
+            Err(reply) => return reply,
+        };
         let payment_id = request
             .payment_id
             .unwrap_or_else(|| format!("pay_{}", random_suffix(20)));
-        if payment_id.is_empty() || payment_id.chars().count() > PSP_ID_MAX {
+        if payment_id.is_empty() || payment_id.chars().count() > HS_ID_MAX {
             return invalid_value("payment_id");
         }
         if request.amount <= 0 {
             return invalid_value("amount");
         }
-        if Currency::parse(&request.currency).is_err() {
+        if !is_currency(&request.currency) {
             return invalid_value("currency");
         }
         if let Err(reply) = check_metadata(request.metadata.as_ref()) {
@@ -262,36 +315,29 @@ impl FakeState {
             .copied()
             .unwrap_or(self.payment_behaviour);
         let (status, amount_received, error) = match (fault, behaviour) {
-            (Some(Fault::ProcessingWithError { code, message }), _) => (
-                PaymentStatus::Processing,
-                None,
-                Some((code.clone(), message.clone())),
-            ),
-            (_, ResourceBehaviour::AutoSucceed) => {
-                (PaymentStatus::Succeeded, Some(request.amount), None)
+            (Some(Fault::ProcessingWithError { code, message }), _) => {
+                ("processing", None, Some((code.clone(), message.clone())))
             }
-            (_, ResourceBehaviour::AutoFail) => (PaymentStatus::Failed, None, Some(declined())),
-            (_, ResourceBehaviour::Hold) => (PaymentStatus::Processing, None, None),
+            (_, ResourceBehaviour::AutoSucceed) => ("succeeded", Some(request.amount), None),
+            (_, ResourceBehaviour::AutoFail) => ("failed", None, Some(declined())),
+            (_, ResourceBehaviour::Hold) => ("processing", None, None),
         };
-        let announce = matches!(
-            (fault, &status),
-            (
-                None | Some(Fault::HangAfterCommit),
-                PaymentStatus::Succeeded | PaymentStatus::Failed
-            )
-        );
+        let announce = !matches!(fault, Some(Fault::ProcessingWithError { .. }))
+            && matches!(status, "succeeded" | "failed");
         let now = self.now();
         let (error_code, error_message) = error.unzip();
         let payment = Payment {
             client_secret: format!("{payment_id}_secret_{}", random_suffix(20)),
             payment_id: payment_id.clone(),
-            status: status.clone(),
+            status: status.to_owned(),
             amount: request.amount,
             amount_received,
             currency: request.currency,
             customer_id: request.customer_id,
             description: request.description,
             metadata: request.metadata,
+            profile_id,
+            connector: self.connector.clone(),
             error_code,
             error_message,
             created: now,
@@ -299,8 +345,8 @@ impl FakeState {
         };
         self.payments.insert(payment_id.clone(), payment);
         self.counters.payments_created += 1;
-        if announce && let Some(event) = EventType::for_payment_status(&status) {
-            self.emit_payment(&payment_id, &event);
+        if announce && let Some(event) = payment_event(status) {
+            self.emit_payment(&payment_id, event);
         }
         self.payment_reply(&payment_id, None)
     }
@@ -321,7 +367,7 @@ impl FakeState {
         };
         let mut json = payment_json(&self.merchant_id, payment);
         if let Some((code, message)) = overlay {
-            json.status = PaymentStatus::Processing.as_str();
+            json.status = "processing";
             json.error_code = Some(code);
             json.error_message = Some(message);
         }
@@ -340,11 +386,29 @@ impl FakeState {
                 );
             }
         };
-        let _ = request.refund_type;
+        if let Some(refund_type) = &request.refund_type
+            && !HS_REFUND_TYPES.contains(&refund_type.as_str())
+        {
+            return deserialize_error(&format!(
+                "refund_type: unknown variant `{refund_type}`, expected `instant` or `scheduled`"
+            ));
+        }
+        if let Some(reason) = &request.reason {
+            if reason.chars().count() > HS_REFUND_REASON_MAX {
+                return deserialize_error(&format!(
+                    "reason: must be at most {HS_REFUND_REASON_MAX} characters"
+                ));
+            }
+            if self.connector == "stripe"
+                && !STRIPE_CONNECTOR_REFUND_REASONS.contains(&reason.as_str())
+            {
+                return invalid_value("reason");
+            }
+        }
         let refund_id = request
             .refund_id
             .unwrap_or_else(|| format!("ref_{}", random_suffix(20)));
-        if refund_id.is_empty() || refund_id.chars().count() > PSP_ID_MAX {
+        if refund_id.is_empty() || refund_id.chars().count() > HS_ID_MAX {
             return invalid_value("refund_id");
         }
         if let Err(reply) = check_metadata(request.metadata.as_ref()) {
@@ -361,10 +425,7 @@ impl FakeState {
                 "Duplicate refund request. Refund already attempted with the refund ID",
             );
         }
-        if !matches!(
-            payment.status,
-            PaymentStatus::Succeeded | PaymentStatus::PartiallyCaptured
-        ) {
+        if !matches!(payment.status.as_str(), "succeeded" | "partially_captured") {
             return hs_error(
                 400,
                 "invalid_request",
@@ -374,6 +435,7 @@ impl FakeState {
         }
         let captured = payment.amount_received.unwrap_or(payment.amount);
         let currency = payment.currency.clone();
+        let profile_id = payment.profile_id.clone();
         let amount = request.amount.unwrap_or(captured);
         if amount <= 0 {
             return invalid_value("amount");
@@ -381,7 +443,7 @@ impl FakeState {
         let already_refunded: i64 = self
             .refunds
             .values()
-            .filter(|r| r.payment_id == request.payment_id && r.status != RefundPspStatus::Failed)
+            .filter(|r| r.payment_id == request.payment_id && r.status != "failed")
             .map(|r| r.amount)
             .sum();
         if already_refunded.saturating_add(amount) > captured {
@@ -398,13 +460,12 @@ impl FakeState {
             .copied()
             .unwrap_or(self.refund_behaviour);
         let (status, error) = match (fault, behaviour) {
-            (Some(Fault::ProcessingWithError { code, message }), _) => (
-                RefundPspStatus::Pending,
-                Some((code.clone(), message.clone())),
-            ),
-            (_, ResourceBehaviour::AutoSucceed) => (RefundPspStatus::Succeeded, None),
-            (_, ResourceBehaviour::AutoFail) => (RefundPspStatus::Failed, Some(refund_failed())),
-            (_, ResourceBehaviour::Hold) => (RefundPspStatus::Pending, None),
+            (Some(Fault::ProcessingWithError { code, message }), _) => {
+                ("pending", Some((code.clone(), message.clone())))
+            }
+            (_, ResourceBehaviour::AutoSucceed) => ("succeeded", None),
+            (_, ResourceBehaviour::AutoFail) => ("failed", Some(refund_failed())),
+            (_, ResourceBehaviour::Hold) => ("pending", None),
         };
         let now = self.now();
         let (error_code, error_message) = error.unzip();
@@ -413,9 +474,12 @@ impl FakeState {
             payment_id: request.payment_id,
             amount,
             currency,
-            status,
+            status: status.to_owned(),
+            refund_type: request.refund_type,
             reason: request.reason,
             metadata: request.metadata,
+            profile_id,
+            connector: self.connector.clone(),
             error_code,
             error_message,
             created_at: now,
@@ -424,10 +488,10 @@ impl FakeState {
         };
         self.refunds.insert(refund_id.clone(), refund);
         self.counters.refunds_created += 1;
-        if matches!(fault, None | Some(Fault::HangAfterCommit))
-            && let Some(event) = EventType::for_refund_status(status)
+        if !matches!(fault, Some(Fault::ProcessingWithError { .. }))
+            && let Some(event) = refund_event(status)
         {
-            self.emit_refund(&refund_id, &event);
+            self.emit_refund(&refund_id, event);
         }
         self.refund_reply(&refund_id, None)
     }
@@ -451,7 +515,7 @@ impl FakeState {
         };
         let mut json = refund_json(refund);
         if let Some((code, message)) = overlay {
-            json.status = RefundPspStatus::Pending.as_str();
+            json.status = "pending";
             json.error_code = Some(code);
             json.error_message = Some(message);
         }
@@ -461,7 +525,7 @@ impl FakeState {
     pub(super) fn complete_payment(
         &mut self,
         id: &str,
-        status: PaymentStatus,
+        status: &str,
     ) -> Result<Option<String>, FakeError> {
         let now = self.now();
         let payment = self
@@ -469,34 +533,34 @@ impl FakeState {
             .get_mut(id)
             .ok_or_else(|| FakeError::UnknownPayment(id.to_owned()))?;
         match status {
-            PaymentStatus::Succeeded | PaymentStatus::PartiallyCaptured => {
+            "succeeded" | "partially_captured" => {
                 payment.amount_received = Some(payment.amount);
                 payment.error_code = None;
                 payment.error_message = None;
             }
-            PaymentStatus::Failed => {
+            "failed" => {
                 let (code, message) = declined();
                 payment.error_code = Some(code);
                 payment.error_message = Some(message);
             }
             _ => {}
         }
-        payment.status = status.clone();
+        status.clone_into(&mut payment.status);
         payment.updated = now;
-        Ok(EventType::for_payment_status(&status).map(|event| self.emit_payment(id, &event)))
+        Ok(payment_event(status).map(|event| self.emit_payment(id, event)))
     }
 
     pub(super) fn complete_refund(
         &mut self,
         id: &str,
-        status: RefundPspStatus,
+        status: &str,
     ) -> Result<Option<String>, FakeError> {
         let now = self.now();
         let refund = self
             .refunds
             .get_mut(id)
             .ok_or_else(|| FakeError::UnknownRefund(id.to_owned()))?;
-        if status == RefundPspStatus::Failed {
+        if status == "failed" {
             let (code, message) = refund_failed();
             refund.error_code = Some(code);
             refund.error_message = Some(message);
@@ -504,13 +568,57 @@ impl FakeState {
             refund.error_code = None;
             refund.error_message = None;
         }
-        refund.status = status;
+        status.clone_into(&mut refund.status);
         refund.updated_at = now;
-        Ok(EventType::for_refund_status(status).map(|event| self.emit_refund(id, &event)))
+        Ok(refund_event(status).map(|event| self.emit_refund(id, event)))
+    }
+
+    pub(super) fn set_payment_status(&mut self, id: &str, status: &str) -> Result<(), FakeError> {
+        let now = self.now();
+        let payment = self
+            .payments
+            .get_mut(id)
+            .ok_or_else(|| FakeError::UnknownPayment(id.to_owned()))?;
+        status.clone_into(&mut payment.status);
+        payment.updated = now;
+        Ok(())
+    }
+
+    pub(super) fn set_refund_status(&mut self, id: &str, status: &str) -> Result<(), FakeError> {
+        let now = self.now();
+        let refund = self
+            .refunds
+            .get_mut(id)
+            .ok_or_else(|| FakeError::UnknownRefund(id.to_owned()))?;
+        status.clone_into(&mut refund.status);
+        refund.updated_at = now;
+        Ok(())
+    }
+
+    /// The `profile_id` a payment gets, or the refusal.
+    fn check_profile_id(&self, given: Option<String>) -> Result<String, Reply> {
+        match (&self.required_profile_id, given) {
+            (None, given) => Ok(given.unwrap_or_else(|| PROFILE_ID_DEFAULT.to_owned())),
+            (Some(_), None) => Err(hs_error(
+                400,
+                "invalid_request",
+                "IR_04",
+                "Missing required param: profile_id",
+            )),
+            (Some(required), Some(given)) if *required == given => Ok(given),
+            (Some(_), Some(given)) => Err(hs_error(
+                404,
+                "invalid_request",
+                "HE_02",
+                &format!(
+                    "Business profile with the given id '{given}' does not exist in our records"
+                ),
+            )),
+        }
     }
 
     /// Queues a `payment_details` webhook with the payment as it is now.
-    fn emit_payment(&mut self, id: &str, event: &EventType) -> String {
+    fn emit_payment(&mut self, id: &str, event: &str) -> String {
         let object = self
             .payments
             .get(id)
@@ -520,7 +628,7 @@ impl FakeState {
     }
 
     /// Queues a `refund_details` webhook with the refund as it is now.
-    fn emit_refund(&mut self, id: &str, event: &EventType) -> String {
+    fn emit_refund(&mut self, id: &str, event: &str) -> String {
         let object = self
             .refunds
             .get(id)

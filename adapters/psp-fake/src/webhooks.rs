@@ -10,12 +10,8 @@ use std::collections::VecDeque;
 use serde::Serialize;
 
 use super::state::{FakeState, iso};
+use super::wire::{HS_SIGNATURE_HEADER, HS_WEBHOOK_USER_AGENT, sign_hyperswitch};
 use super::{Counters, DeliveryMode, EMITTED_WEBHOOKS_MAX, FakePsp, WebhookTarget};
-use crate::signature::{HYPERSWITCH_SIGNATURE_HEADER, sign_hyperswitch};
-use crate::webhook::EventType;
-
-/// Hyperswitch's webhook `User-Agent`.
-pub const WEBHOOK_USER_AGENT: &str = "Hyperswitch-Backend-Server";
 
 /// A webhook as emitted: the exact body bytes every delivery sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,12 +104,7 @@ impl WebhookQueue {
 impl FakeState {
     /// Builds the envelope (compact, psp.md field order), records it and
     /// queues it per the delivery mode. Returns the `event_id`.
-    pub(super) fn emit(
-        &mut self,
-        event: &EventType,
-        content_type: &str,
-        object_json: &str,
-    ) -> String {
+    pub(super) fn emit(&mut self, event: &str, content_type: &str, object_json: &str) -> String {
         // UUIDv7 is time-ordered, like Hyperswitch's event ids.
         let event_id = format!("evt_{}", uuid::Uuid::now_v7().simple());
         let timestamp = iso(self.now());
@@ -122,14 +113,14 @@ impl FakeState {
             r#"{{"merchant_id":{},"event_id":{},"event_type":{},"content":{{"type":{},"object":{}}},"timestamp":{}}}"#,
             quote(&self.merchant_id),
             quote(&event_id),
-            quote(event.as_str()),
+            quote(event),
             quote(content_type),
             object_json,
             quote(&timestamp),
         );
         let webhook = EmittedWebhook {
             event_id: event_id.clone(),
-            event_type: event.as_str().to_owned(),
+            event_type: event.to_owned(),
             body: body.into_bytes(),
         };
         self.webhooks.push(webhook, &mut self.counters);
@@ -174,11 +165,11 @@ async fn send(
         .http
         .post(&target.url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header(reqwest::header::USER_AGENT, WEBHOOK_USER_AGENT)
+        .header(reqwest::header::USER_AGENT, HS_WEBHOOK_USER_AGENT)
         .body(webhook.body.clone());
     if let Some(key) = &target.key {
-        let signature = sign_hyperswitch(key.expose().as_bytes(), &webhook.body);
-        request = request.header(HYPERSWITCH_SIGNATURE_HEADER, signature);
+        let signature = sign_hyperswitch(key.as_bytes(), &webhook.body);
+        request = request.header(HS_SIGNATURE_HEADER, signature);
     }
     match request.send().await {
         Ok(response) => (Some(response.status().as_u16()), None),
