@@ -32,19 +32,17 @@ fn buyer_id() -> impl Strategy<Value = BuyerId> {
 /// Two different buyer ids that share a long common prefix, so their
 /// readable prefixes are identical and only the hash can tell them apart.
 fn near_pair() -> impl Strategy<Value = (BuyerId, BuyerId)> {
-    (
-        "[a-z.@]{31,100}",
-        "\\PC{0,40}",
-        "\\PC{0,40}",
-    )
-        .prop_filter_map("same or invalid", |(prefix, a, b)| {
+    ("[a-z.@]{31,100}", "\\PC{0,40}", "\\PC{0,40}").prop_filter_map(
+        "same or invalid",
+        |(prefix, a, b)| {
             if a == b {
                 return None;
             }
             let a = BuyerId::new(format!("{prefix}{a}")).ok()?;
             let b = BuyerId::new(format!("{prefix}{b}")).ok()?;
             Some((a, b))
-        })
+        },
+    )
 }
 
 proptest! {
