@@ -20,7 +20,7 @@ use ledger_core::Amount;
 use ledger_core::ids::{RefundId, SellerId, StreamId, psp_refund_id_for, transfer_id};
 use ledger_core::order::{LineRefund, Order, OrderEvent, OrderStatus, PlacedOrder};
 use ledger_core::psp::RefundPspStatus;
-use ledger_core::refund::{Refund, RefundCommand, RefundState, RefundStatus};
+use ledger_core::refund::{Refund, RefundCommand, RefundReasonCode, RefundState, RefundStatus};
 use ledger_core::transfer::{SellerTransfer, TransferCommand, TransferRejection, TransferStatus};
 use ledger_psp::CreateRefund;
 use ledger_store::READ_BATCH_MAX;
@@ -50,6 +50,7 @@ pub(crate) async fn step_open(
     // Not the API's cause: if the API is writing the stream right now, its
     // append sees a version conflict and re-decides to a no-op, instead of
     // meeting our event id with another payload.
+    let (reason, reason_code) = reserved_reason(ctx, &stream, pending.refund_id).await?;
     ctx.run::<Refund>(
         &refund_stream,
         &format!("refund:{}:request:recovered", pending.refund_id),
@@ -61,7 +62,8 @@ pub(crate) async fn step_open(
             amount_minor: pending.amount_minor,
             currency: order.currency,
             lines: pending.lines.clone(),
-            reason: reserved_reason(ctx, &stream, pending.refund_id).await?,
+            reason,
+            reason_code,
             now,
         },
         "Request",
@@ -75,13 +77,13 @@ pub(crate) async fn step_open(
     Ok(Step::Done)
 }
 
-/// The reason the order's `RefundRequested` recorded (the folded state
-/// does not keep it).
+/// The reason and reason code the order's `RefundRequested` recorded (the
+/// folded state does not keep them).
 async fn reserved_reason(
     ctx: &Ctx,
     order_stream: &StreamId,
     refund_id: RefundId,
-) -> Result<String, ManagerError> {
+) -> Result<(String, Option<RefundReasonCode>), ManagerError> {
     let mut from = 1;
     loop {
         let page = ctx
@@ -98,15 +100,16 @@ async fn reserved_reason(
             if let OrderEvent::RefundRequested {
                 refund_id: id,
                 reason,
+                reason_code,
                 ..
             } = event
                 && id == refund_id
             {
-                return Ok(reason);
+                return Ok((reason, reason_code));
             }
         }
         if page.len() < READ_BATCH_MAX as usize {
-            return Ok(String::new());
+            return Ok((String::new(), None));
         }
     }
 }
@@ -129,6 +132,7 @@ pub(crate) async fn step_refund(
         refund_id: psp_refund_id.clone(),
         payment_id: r.payment_id.clone(),
         amount: Amount::new(r.amount_minor, r.currency),
+        reason_code: r.reason_code.unwrap_or_default(),
         reason: (!r.reason.is_empty()).then(|| r.reason.clone()),
     };
     match ctx.payments.create_refund(&request).await {
