@@ -32,6 +32,32 @@ pub const IDEMPOTENCY_KEY_MAX: usize = 255;
 pub const METADATA_KEYS_MAX: usize = 50;
 /// Stripe's error code for a missing object.
 pub const RESOURCE_MISSING: &str = "resource_missing";
+/// Header that pins the API version of a request; without it the account's
+/// default version applies.
+pub const STRIPE_VERSION_HEADER: &str = "Stripe-Version";
+/// The API version every request pins unless told otherwise: the current
+/// version named on Stripe's versioning page
+/// (<https://docs.stripe.com/api-versions>, "The current version of the API
+/// is 2026-09-30.endive") when this was written.
+pub const DEFAULT_API_VERSION: &str = "2026-09-30.endive";
+/// Longest `Stripe-Version` accepted; real ones are about 20 characters.
+pub const API_VERSION_MAX: usize = 64;
+
+/// `Ok` when `version` can be sent as `Stripe-Version`: 1 to
+/// [`API_VERSION_MAX`] printable ASCII characters, no whitespace. Stripe
+/// itself decides whether it names a real version.
+pub fn check_api_version(version: &str) -> Result<(), String> {
+    if version.is_empty() {
+        return Err("empty".to_owned());
+    }
+    if version.len() > API_VERSION_MAX {
+        return Err(format!("longer than {API_VERSION_MAX} characters"));
+    }
+    if !version.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("not printable ASCII without whitespace".to_owned());
+    }
+    Ok(())
+}
 
 /// `Idempotency-Key` of a transfer attempt.
 pub fn transfer_idempotency_key(transfer_id: TransferId, attempt: u32) -> String {
@@ -97,6 +123,7 @@ pub struct StripeClient {
     http: reqwest::Client,
     base_url: Url,
     secret_key: Secret,
+    api_version: String,
 }
 
 impl StripeClient {
@@ -117,7 +144,16 @@ impl StripeClient {
             http: http::build_client(timeout)?,
             base_url,
             secret_key,
+            api_version: DEFAULT_API_VERSION.to_owned(),
         })
+    }
+
+    /// Pins `Stripe-Version` to `version` instead of [`DEFAULT_API_VERSION`].
+    /// A version [`check_api_version`] refuses makes every call fail with
+    /// [`PspError::InvalidRequest`] before anything is sent.
+    pub fn with_api_version(mut self, version: impl Into<String>) -> Self {
+        self.api_version = version.into();
+        self
     }
 
     /// Creates the transfer under `transfer:{transfer_id}:{attempt}`.
@@ -162,7 +198,7 @@ impl StripeClient {
         const OP: &str = "stripe get_transfer";
         let url = self.url(&["v1", "transfers", id.as_str()])?;
         let request = self.http.get(url).bearer_auth(self.secret_key.expose());
-        let answer = http::send(OP, request).await?;
+        let answer = http::send(OP, self.versioned(OP, request)?).await?;
         if !answer.is_success() {
             return Err(api_error(OP, &answer));
         }
@@ -262,7 +298,19 @@ impl StripeClient {
             .bearer_auth(self.secret_key.expose())
             .header(IDEMPOTENCY_KEY_HEADER, idempotency_key)
             .form(form);
-        http::send(op, request).await
+        http::send(op, self.versioned(op, request)?).await
+    }
+
+    fn versioned(
+        &self,
+        op: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, PspError> {
+        check_api_version(&self.api_version).map_err(|reason| PspError::InvalidRequest {
+            op,
+            reason: format!("{STRIPE_VERSION_HEADER}: {reason}"),
+        })?;
+        Ok(request.header(STRIPE_VERSION_HEADER, self.api_version.as_str()))
     }
 
     fn url(&self, segments: &[&str]) -> Result<Url, PspError> {
@@ -329,6 +377,22 @@ mod wire {
 mod tests {
     use super::*;
     use uuid::Uuid;
+
+    #[test]
+    fn api_versions_are_checked_for_sendability() {
+        assert_eq!(check_api_version(DEFAULT_API_VERSION), Ok(()));
+        assert_eq!(check_api_version("2024-06-20"), Ok(()));
+        for bad in [
+            "",
+            "2024-06-20 ",
+            "2024 06 20",
+            "2024-06-20\n",
+            "é",
+            &"1".repeat(65),
+        ] {
+            assert!(check_api_version(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn idempotency_keys_have_the_documented_shape_and_fit_stripe() {
