@@ -6,6 +6,11 @@
 //!   never disables a safeguard: it falls back to the default and yields a
 //!   [`ConfigWarning`] the caller logs at WARN. An empty value counts as unset
 //!   (as Go's `os.Getenv` did), so it takes the default silently.
+//! - The exceptions are values that name *which* provider account or API
+//!   contract money moves under (`HYPERSWITCH_PROFILE_ID`,
+//!   `STRIPE_API_VERSION`): no fallback is safe for a malformed one (the
+//!   default profile may be another business), so it refuses to start with a
+//!   [`ConfigError::InvalidValue`] naming the variable.
 //! - A secret (`LEDGER_API_TOKEN`, `LEDGER_ADMIN_TOKEN`, `HYPERSWITCH_API_KEY`,
 //!   `HYPERSWITCH_WEBHOOK_SECRET`, `STRIPE_SECRET_KEY`) is held in [`Secret`]
 //!   and never reaches `Debug`, a warning, a refusal or the start-up summary;
@@ -54,8 +59,10 @@ pub mod var {
     pub const HYPERSWITCH_BASE_URL: &str = "HYPERSWITCH_BASE_URL";
     pub const HYPERSWITCH_API_KEY: &str = "HYPERSWITCH_API_KEY";
     pub const HYPERSWITCH_WEBHOOK_SECRET: &str = "HYPERSWITCH_WEBHOOK_SECRET";
+    pub const HYPERSWITCH_PROFILE_ID: &str = "HYPERSWITCH_PROFILE_ID";
     pub const STRIPE_SECRET_KEY: &str = "STRIPE_SECRET_KEY";
     pub const STRIPE_BASE_URL: &str = "STRIPE_BASE_URL";
+    pub const STRIPE_API_VERSION: &str = "STRIPE_API_VERSION";
     pub const PLATFORM_FEE_BPS: &str = "PLATFORM_FEE_BPS";
     pub const RECONCILE_WORKER_ENABLED: &str = "RECONCILE_WORKER_ENABLED";
     pub const RECONCILE_INTERVAL: &str = "RECONCILE_INTERVAL";
@@ -87,6 +94,11 @@ pub const DEFAULT_LISTEN_ADDR: SocketAddr =
 pub const DEFAULT_HYPERSWITCH_BASE_URL: &str = "https://sandbox.hyperswitch.io";
 /// Stripe has one endpoint; the key decides test or live mode.
 pub const DEFAULT_STRIPE_BASE_URL: &str = "https://api.stripe.com";
+/// The `Stripe-Version` every Stripe request pins: the version Stripe's
+/// versioning page (<https://docs.stripe.com/api-versions>) named current
+/// when this was written. Without a pin the account's default version
+/// applies, which can change under the ledger.
+pub const DEFAULT_STRIPE_API_VERSION: &str = ledger_psp::stripe::DEFAULT_API_VERSION;
 /// Payments are on unless explicitly turned off (a safeguard, not a feature).
 pub const DEFAULT_HYPERSWITCH_ENABLED: bool = true;
 /// Bound on one PSP request. Hyperswitch and Stripe answer in well under a
@@ -229,6 +241,10 @@ pub struct HyperswitchConfig {
     pub api_key: Option<Secret>,
     /// The profile's `payment_response_hash_key` (HMAC-SHA512 webhook key).
     pub webhook_secret: Option<Secret>,
+    /// `HYPERSWITCH_PROFILE_ID`: sent as `profile_id` on payment creates;
+    /// required by Hyperswitch when the merchant has more than one business
+    /// profile. 1 to 64 characters of `[A-Za-z0-9_-]`.
+    pub profile_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -236,6 +252,8 @@ pub struct StripeConfig {
     pub secret_key: Option<Secret>,
     /// No trailing slash.
     pub base_url: String,
+    /// `STRIPE_API_VERSION`, sent as `Stripe-Version` on every request.
+    pub api_version: String,
 }
 
 /// The reconciler (seed item C).
@@ -430,6 +448,14 @@ impl fmt::Display for ProductionRefusal {
 pub enum ConfigError {
     #[error("APP_ENV={value:?} is not one of {allowed}; set APP_ENV to one of them", allowed = AppEnv::ALLOWED)]
     InvalidAppEnv { value: String },
+    /// A value with no safe fallback (see the module docs).
+    #[error("{var}={value:?} is invalid: {reason}; fix {var} or unset it")]
+    InvalidValue {
+        var: &'static str,
+        /// Truncated to [`VALUE_SHOWN_CHARS_MAX`] characters.
+        value: String,
+        reason: String,
+    },
     /// Every refusal at once, plus the warnings gathered on the way, so one
     /// failed start shows everything to fix.
     #[error("{}", production_error_text(refusals, warnings))]
@@ -491,10 +517,12 @@ impl Config {
             base_url: r.http_url(var::HYPERSWITCH_BASE_URL, DEFAULT_HYPERSWITCH_BASE_URL),
             api_key: r.secret(var::HYPERSWITCH_API_KEY),
             webhook_secret: r.secret(var::HYPERSWITCH_WEBHOOK_SECRET),
+            profile_id: r.hyperswitch_profile_id()?,
         };
         let stripe = StripeConfig {
             secret_key: r.secret(var::STRIPE_SECRET_KEY),
             base_url: r.http_url(var::STRIPE_BASE_URL, DEFAULT_STRIPE_BASE_URL),
+            api_version: r.stripe_api_version()?,
         };
         let reconcile = ReconcileConfig {
             enabled: r.bool(var::RECONCILE_WORKER_ENABLED, true),
@@ -661,8 +689,9 @@ impl Config {
         let h = &self.hyperswitch;
         format!(
             "app_env={} listen_addr={} store={} read_replica={} psp_mode={} \
-             hyperswitch=(enabled={} base_url={} api_key={} webhook_secret={}) \
-             stripe=(base_url={} secret_key={}) api_token={} admin_token={} platform_fee_bps={} \
+             hyperswitch=(enabled={} base_url={} api_key={} webhook_secret={} profile_id={}) \
+             stripe=(base_url={} api_version={} secret_key={}) api_token={} admin_token={} \
+             platform_fee_bps={} \
              reconcile=({}) reversal=({}) transfer_retry=({}) webhook_log_retention_days={} \
              projection_coalesce={} disable_rate_limit_for_tests={}",
             self.app_env,
@@ -677,7 +706,9 @@ impl Config {
             h.base_url,
             presence(&h.api_key),
             presence(&h.webhook_secret),
+            h.profile_id.as_deref().unwrap_or(UNSET_SHOWN),
             self.stripe.base_url,
+            self.stripe.api_version,
             presence(&self.stripe.secret_key),
             presence(&self.api_token),
             presence(&self.admin_token),
@@ -976,6 +1007,47 @@ impl Reader<'_> {
                 );
                 default.to_owned()
             }
+        }
+    }
+
+    /// `HYPERSWITCH_PROFILE_ID`: unset, or a valid Hyperswitch id.
+    fn hyperswitch_profile_id(&mut self) -> Result<Option<String>, ConfigError> {
+        let name = var::HYPERSWITCH_PROFILE_ID;
+        let Some(value) = self.raw(name) else {
+            return Ok(None);
+        };
+        if ledger_core::ids::is_hyperswitch_id(&value) {
+            return Ok(Some(value));
+        }
+        Err(ConfigError::InvalidValue {
+            var: name,
+            value: truncate(&value),
+            reason: format!(
+                "a Hyperswitch profile id is 1 to {} characters of A-Z, a-z, 0-9, '_' and '-' \
+                 (e.g. pro_…)",
+                ledger_core::ids::HYPERSWITCH_ID_MAX
+            ),
+        })
+    }
+
+    /// `STRIPE_API_VERSION`: the default when unset, otherwise something
+    /// that can be sent as a header (printable ASCII, no whitespace).
+    fn stripe_api_version(&mut self) -> Result<String, ConfigError> {
+        let name = var::STRIPE_API_VERSION;
+        let Some(value) = self.raw(name) else {
+            return Ok(DEFAULT_STRIPE_API_VERSION.to_owned());
+        };
+        match ledger_psp::stripe::check_api_version(&value) {
+            Ok(()) => Ok(value),
+            Err(reason) => Err(ConfigError::InvalidValue {
+                var: name,
+                value: truncate(&value),
+                reason: format!(
+                    "{reason}; a Stripe API version is up to {} printable ASCII characters \
+                     without whitespace (e.g. {DEFAULT_STRIPE_API_VERSION})",
+                    ledger_psp::stripe::API_VERSION_MAX
+                ),
+            }),
         }
     }
 
@@ -1319,6 +1391,9 @@ mod tests {
         assert!(c.hyperswitch.api_key.is_none() && c.hyperswitch.webhook_secret.is_none());
         assert_eq!(c.stripe.base_url, "https://api.stripe.com");
         assert!(c.stripe.secret_key.is_none());
+        assert_eq!(c.hyperswitch.profile_id, None);
+        assert_eq!(c.stripe.api_version, "2026-09-30.endive");
+        assert_eq!(c.stripe.api_version, DEFAULT_STRIPE_API_VERSION);
         assert_eq!(c.platform_fee_bps, 1_000);
         assert_eq!(
             c.reconcile,
@@ -1354,6 +1429,8 @@ mod tests {
             (var::LISTEN_ADDR, "0.0.0.0:9000"),
             (var::STRIPE_BASE_URL, "http://127.0.0.1:12111/"),
             (var::HYPERSWITCH_BASE_URL, "http://127.0.0.1:12112"),
+            (var::HYPERSWITCH_PROFILE_ID, "pro_2Xyz_biz-1"),
+            (var::STRIPE_API_VERSION, "2024-06-20"),
             (var::PLATFORM_FEE_BPS, "250"),
             (var::RECONCILE_WORKER_ENABLED, "no"),
             (var::RECONCILE_INTERVAL, "5m"),
@@ -1384,6 +1461,8 @@ mod tests {
         assert_eq!(c.listen_addr.to_string(), "0.0.0.0:9000");
         assert_eq!(c.stripe.base_url, "http://127.0.0.1:12111");
         assert_eq!(c.hyperswitch.base_url, "http://127.0.0.1:12112");
+        assert_eq!(c.hyperswitch.profile_id.as_deref(), Some("pro_2Xyz_biz-1"));
+        assert_eq!(c.stripe.api_version, "2024-06-20");
         assert_eq!(c.platform_fee_bps, 250);
         assert_eq!(
             c.reconcile,
@@ -1429,6 +1508,8 @@ mod tests {
             (var::PLATFORM_FEE_BPS, ""),
             (var::API_TOKEN, "  "),
             (var::DATABASE_URL, ""),
+            (var::HYPERSWITCH_PROFILE_ID, " "),
+            (var::STRIPE_API_VERSION, ""),
         ]);
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(c.app_env, AppEnv::Development);
@@ -1436,6 +1517,101 @@ mod tests {
         assert_eq!(c.platform_fee_bps, DEFAULT_PLATFORM_FEE_BPS);
         assert!(c.api_token.is_none());
         assert!(c.database_url.is_none());
+        assert_eq!(c.hyperswitch.profile_id, None);
+        assert_eq!(c.stripe.api_version, DEFAULT_STRIPE_API_VERSION);
+    }
+
+    // ---- HYPERSWITCH_PROFILE_ID and STRIPE_API_VERSION ---------------------
+
+    fn invalid_value(pairs: &[(&str, &str)]) -> (&'static str, String) {
+        match load(pairs) {
+            Err(err @ ConfigError::InvalidValue { var, .. }) => (var, err.to_string()),
+            Err(other) => panic!("expected InvalidValue, got {other}"),
+            Ok((config, _)) => panic!("expected InvalidValue, got {config:?}"),
+        }
+    }
+
+    #[test]
+    fn hyperswitch_profile_id_is_kept_trimmed_when_valid() {
+        let longest = "p".repeat(64);
+        for (value, expected) in [
+            ("pro_abc", "pro_abc"),
+            (" pro_2Xyz-9 \n", "pro_2Xyz-9"),
+            (longest.as_str(), longest.as_str()),
+        ] {
+            let (c, warnings) = load_ok(&[(var::HYPERSWITCH_PROFILE_ID, value)]);
+            assert!(warnings.is_empty(), "{warnings:?}");
+            assert_eq!(c.hyperswitch.profile_id.as_deref(), Some(expected));
+        }
+    }
+
+    #[test]
+    fn a_malformed_hyperswitch_profile_id_refuses_to_start_naming_the_variable() {
+        let too_long = "p".repeat(65);
+        for bad in ["pro abc", "pro.abc", "pro_é", "pro/1", too_long.as_str()] {
+            let (var, text) = invalid_value(&[(var::HYPERSWITCH_PROFILE_ID, bad)]);
+            assert_eq!(var, var::HYPERSWITCH_PROFILE_ID, "{bad:?}");
+            assert!(
+                text.starts_with("HYPERSWITCH_PROFILE_ID=") && text.contains("1 to 64"),
+                "{text}"
+            );
+        }
+        // In every environment, not only production.
+        let mut env = production_env();
+        env.push((var::HYPERSWITCH_PROFILE_ID, "not valid".to_owned()));
+        assert!(matches!(
+            load_owned(&env),
+            Err(ConfigError::InvalidValue {
+                var: var::HYPERSWITCH_PROFILE_ID,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_malformed_stripe_api_version_refuses_to_start_naming_the_variable() {
+        let too_long = "1".repeat(65);
+        for bad in [
+            "2024-06-20 beta",
+            "2024\t06",
+            "2024-06-20é",
+            too_long.as_str(),
+        ] {
+            let (var, text) = invalid_value(&[(var::STRIPE_API_VERSION, bad)]);
+            assert_eq!(var, var::STRIPE_API_VERSION, "{bad:?}");
+            assert!(
+                text.starts_with("STRIPE_API_VERSION=") && text.contains("2026-09-30.endive"),
+                "{text}"
+            );
+        }
+        let (c, _) = load_ok(&[(var::STRIPE_API_VERSION, " 2025-12-15.clover ")]);
+        assert_eq!(c.stripe.api_version, "2025-12-15.clover");
+    }
+
+    #[test]
+    fn the_summary_shows_the_profile_id_and_the_stripe_api_version() {
+        let (c, _) = load_ok(&[]);
+        let summary = c.redacted_summary();
+        for expected in ["profile_id=(unset)", "api_version=2026-09-30.endive"] {
+            assert!(
+                summary.contains(expected),
+                "{expected} missing from {summary}"
+            );
+        }
+        let (c, _) = load_ok(&[
+            (var::HYPERSWITCH_PROFILE_ID, "pro_abc"),
+            (var::STRIPE_API_VERSION, "2024-06-20"),
+        ]);
+        let summary = c.redacted_summary();
+        for expected in [
+            "webhook_secret=unset profile_id=pro_abc)",
+            "stripe=(base_url=https://api.stripe.com api_version=2024-06-20 secret_key=unset)",
+        ] {
+            assert!(
+                summary.contains(expected),
+                "{expected} missing from {summary}"
+            );
+        }
     }
 
     // ---- APP_ENV ----------------------------------------------------------

@@ -98,12 +98,12 @@ impl PspLink {
                 let payments = hyperswitch(
                     fake.hyperswitch_base_url(),
                     Secret::new(FAKE_HYPERSWITCH_API_KEY),
-                    config.psp_timeout,
+                    config,
                 )?;
                 let payouts = stripe(
                     fake.stripe_base_url(),
                     Secret::new(FAKE_STRIPE_SECRET_KEY),
-                    config.psp_timeout,
+                    config,
                 )?;
                 Ok(Some(PspLink {
                     payments: Arc::new(payments),
@@ -120,12 +120,12 @@ impl PspLink {
                 let payments = hyperswitch(
                     config.hyperswitch.base_url.clone(),
                     Secret::new(hs_key.expose()),
-                    config.psp_timeout,
+                    config,
                 )?;
                 let payouts = stripe(
                     config.stripe.base_url.clone(),
                     Secret::new(stripe_key.expose()),
-                    config.psp_timeout,
+                    config,
                 )?;
                 Ok(Some(PspLink {
                     payments: Arc::new(payments),
@@ -137,17 +137,29 @@ impl PspLink {
     }
 }
 
+/// The Hyperswitch client at `base_url`, with the configured timeout and
+/// `profile_id`.
 fn hyperswitch(
     base_url: String,
     key: Secret,
-    timeout: Duration,
+    config: &Config,
 ) -> anyhow::Result<HyperswitchClient> {
-    HyperswitchClient::new(base_url, key, timeout)
-        .map_err(|e| anyhow::anyhow!("HYPERSWITCH_BASE_URL: {e}"))
+    let client = HyperswitchClient::new(base_url, key, config.psp_timeout)
+        .map_err(|e| anyhow::anyhow!("HYPERSWITCH_BASE_URL: {e}"))?;
+    match &config.hyperswitch.profile_id {
+        Some(profile_id) => client
+            .with_profile_id(profile_id.as_str())
+            .map_err(|e| anyhow::anyhow!("HYPERSWITCH_PROFILE_ID: {e}")),
+        None => Ok(client),
+    }
 }
 
-fn stripe(base_url: String, key: Secret, timeout: Duration) -> anyhow::Result<StripeClient> {
-    StripeClient::new(base_url, key, timeout).map_err(|e| anyhow::anyhow!("STRIPE_BASE_URL: {e}"))
+/// The Stripe client at `base_url`, with the configured timeout and
+/// `Stripe-Version`.
+fn stripe(base_url: String, key: Secret, config: &Config) -> anyhow::Result<StripeClient> {
+    Ok(StripeClient::new(base_url, key, config.psp_timeout)
+        .map_err(|e| anyhow::anyhow!("STRIPE_BASE_URL: {e}"))?
+        .with_api_version(config.stripe.api_version.as_str()))
 }
 
 fn retry_settings(c: &RetryWorkerConfig) -> RetrySettings {

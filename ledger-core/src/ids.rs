@@ -309,9 +309,93 @@ pub fn psp_refund_id_for(refund: RefundId) -> PspRefundId {
     PspRefundId(format!("ref_{}", base32_uuid(refund.0)))
 }
 
+/// Hyperswitch's limit for merchant-chosen ids other than `payment_id` /
+/// `refund_id` (`customer_id`, `profile_id`, …): at most 64 characters of
+/// `[A-Za-z0-9_-]` (`crates/common_utils/src/id_type.rs`,
+/// `MAX_ALLOWED_MERCHANT_REFERENCE_ID_LENGTH`).
+pub const HYPERSWITCH_ID_MAX: usize = 64;
+
+/// Hex digits of SHA-256 kept in a hashed [`hyperswitch_customer_id`]: 128
+/// bits, so two different buyer ids share a suffix only by a hash collision.
+pub const CUSTOMER_ID_HASH_HEX: usize = 32;
+
+fn is_hyperswitch_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+/// True when `value` is a valid Hyperswitch id: 1 to [`HYPERSWITCH_ID_MAX`]
+/// characters, each `[A-Za-z0-9_-]`.
+pub fn is_hyperswitch_id(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= HYPERSWITCH_ID_MAX
+        && value.chars().all(is_hyperswitch_id_char)
+}
+
+/// The Hyperswitch `customer_id` of a buyer.
+///
+/// **Guarantees:**
+/// - The result is always a valid Hyperswitch id ([`is_hyperswitch_id`]).
+/// - Deterministic: the same buyer is always the same customer.
+/// - A buyer id that already is a valid Hyperswitch id is returned unchanged.
+/// - Any other buyer id becomes a readable prefix (its first characters, each
+///   one outside `[A-Za-z0-9_-]` replaced by `_`) plus `-` and the first
+///   [`CUSTOMER_ID_HASH_HEX`] hex digits of SHA-256 of the whole buyer id, so
+///   two such buyers share a customer only by a 128-bit hash collision. A
+///   buyer id that fits could spell out another buyer's hashed form only by
+///   copying that hash on purpose.
+pub fn hyperswitch_customer_id(buyer: &BuyerId) -> String {
+    use sha2::{Digest, Sha256};
+
+    let raw = buyer.as_str();
+    if is_hyperswitch_id(raw) {
+        return raw.to_owned();
+    }
+    let prefix_max = HYPERSWITCH_ID_MAX - 1 - CUSTOMER_ID_HASH_HEX;
+    let mut out: String = raw
+        .chars()
+        .take(prefix_max)
+        .map(|c| if is_hyperswitch_id_char(c) { c } else { '_' })
+        .collect();
+    out.push('-');
+    let digest = hex::encode(Sha256::digest(raw.as_bytes()));
+    out.push_str(digest.get(..CUSTOMER_ID_HASH_HEX).unwrap_or(&digest));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn customer_ids_keep_fitting_buyers_and_hash_the_rest() {
+        let keep = BuyerId::new("buyer_42-A").unwrap();
+        assert_eq!(hyperswitch_customer_id(&keep), "buyer_42-A");
+        let exact = BuyerId::new("b".repeat(HYPERSWITCH_ID_MAX)).unwrap();
+        assert_eq!(hyperswitch_customer_id(&exact), exact.as_str());
+
+        let email = BuyerId::new("jane@example.com").unwrap();
+        let id = hyperswitch_customer_id(&email);
+        // The prefix is readable; the suffix is SHA-256("jane@example.com").
+        assert_eq!(id, "jane_example_com-8c87b489ce35cf2e2f39f80e282cb2e8");
+        assert!(is_hyperswitch_id(&id));
+
+        let long = BuyerId::new("b".repeat(HYPERSWITCH_ID_MAX + 1)).unwrap();
+        let id = hyperswitch_customer_id(&long);
+        assert_eq!(id.len(), HYPERSWITCH_ID_MAX);
+        assert!(id.starts_with(&format!("{}-", "b".repeat(31))), "{id}");
+
+        let accented = BuyerId::new("zoë").unwrap();
+        assert!(hyperswitch_customer_id(&accented).starts_with("zo_-"));
+    }
+
+    #[test]
+    fn hyperswitch_id_rule_is_charset_and_length() {
+        assert!(is_hyperswitch_id("pro_abc-123"));
+        assert!(!is_hyperswitch_id(""));
+        assert!(!is_hyperswitch_id("a.b"));
+        assert!(!is_hyperswitch_id("é"));
+        assert!(!is_hyperswitch_id(&"a".repeat(HYPERSWITCH_ID_MAX + 1)));
+    }
 
     #[test]
     fn psp_ids_fit_hyperswitch_limit_and_are_deterministic() {

@@ -24,7 +24,7 @@ use crate::ids::{
 };
 use crate::money::{Currency, FeeBps, checked_sum, split_fee};
 use crate::psp::{PaymentOutcome, PaymentStatus};
-use crate::refund::RefundLine;
+use crate::refund::{RefundLine, RefundReasonCode};
 use crate::text::{clip, clip_opt};
 
 /// Most lines in one order. A cart, not a catalogue: it bounds the event size
@@ -190,6 +190,8 @@ pub enum OrderCommand {
         refund_id: RefundId,
         product_ids: Option<Vec<ProductId>>,
         reason: String,
+        /// Passed on to the refund; `None` when the caller gave none.
+        reason_code: Option<RefundReasonCode>,
         now: DateTime<Utc>,
     },
     CompleteRefund {
@@ -281,6 +283,11 @@ pub enum OrderEvent {
         currency: Currency,
         lines: Vec<RefundLine>,
         reason: String,
+        /// Absent in events written before reason codes existed, and when
+        /// the caller gave none; omitted from the payload when `None`, so
+        /// those events keep their bytes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason_code: Option<RefundReasonCode>,
         previous_status: OrderStatus,
         at: DateTime<Utc>,
     },
@@ -626,8 +633,17 @@ impl Decider for Order {
                 refund_id,
                 product_ids,
                 reason,
+                reason_code,
                 now,
-            } => request_refund(o, *refund_id, product_ids.as_deref(), reason, *now, invalid),
+            } => request_refund(
+                o,
+                *refund_id,
+                product_ids.as_deref(),
+                reason,
+                *reason_code,
+                *now,
+                invalid,
+            ),
             OrderCommand::CompleteRefund { refund_id, now } => {
                 if o.completed_refunds.contains(refund_id) {
                     return Ok(vec![]);
@@ -1001,6 +1017,7 @@ fn request_refund(
     refund_id: RefundId,
     product_ids: Option<&[ProductId]>,
     reason: &str,
+    reason_code: Option<RefundReasonCode>,
     now: DateTime<Utc>,
     invalid: impl Fn() -> OrderRejection,
 ) -> Result<Vec<OrderEvent>, OrderRejection> {
@@ -1082,6 +1099,7 @@ fn request_refund(
         currency: o.currency,
         lines: selected.iter().map(|l| l.refund_line()).collect(),
         reason: clip(reason),
+        reason_code,
         previous_status: o.status,
         at: now,
     }])

@@ -77,6 +77,52 @@ impl std::fmt::Display for RefundStatus {
     }
 }
 
+/// Why money goes back, as the PSP understands it: Hyperswitch accepts only
+/// these three `reason`s when the connector is Stripe (psp.md). The buyer's
+/// free-text reason travels separately.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum RefundReasonCode {
+    Duplicate,
+    Fraudulent,
+    /// What a refund without an explicit code is.
+    #[default]
+    RequestedByCustomer,
+}
+
+impl RefundReasonCode {
+    pub const ALL: [RefundReasonCode; 3] = [
+        RefundReasonCode::Duplicate,
+        RefundReasonCode::Fraudulent,
+        RefundReasonCode::RequestedByCustomer,
+    ];
+    /// The allowed values, for error messages.
+    pub const ALLOWED: &'static str = "duplicate, fraudulent, requested_by_customer";
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RefundReasonCode::Duplicate => "duplicate",
+            RefundReasonCode::Fraudulent => "fraudulent",
+            RefundReasonCode::RequestedByCustomer => "requested_by_customer",
+        }
+    }
+
+    /// Exact (case-sensitive) match of one of [`RefundReasonCode::ALLOWED`].
+    pub fn parse(text: &str) -> Option<RefundReasonCode> {
+        RefundReasonCode::ALL
+            .into_iter()
+            .find(|code| code.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for RefundReasonCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RefundFailureKind {
@@ -111,6 +157,9 @@ pub enum RefundCommand {
         currency: Currency,
         lines: Vec<RefundLine>,
         reason: String,
+        /// `None`: the API caller gave none ([`RefundReasonCode::default`]
+        /// is sent to the PSP).
+        reason_code: Option<RefundReasonCode>,
         now: DateTime<Utc>,
     },
     /// Phase 2: the PSP accepted the refund under this id.
@@ -161,6 +210,11 @@ pub enum RefundEvent {
         currency: Currency,
         lines: Vec<RefundLine>,
         reason: String,
+        /// Absent in events written before reason codes existed, and when
+        /// the caller gave none; omitted from the payload when `None`, so
+        /// those events keep their bytes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason_code: Option<RefundReasonCode>,
         at: DateTime<Utc>,
     },
     RefundSubmitted {
@@ -264,6 +318,7 @@ pub struct RequestedRefund {
     pub currency: Currency,
     pub lines: Vec<RefundLine>,
     pub reason: String,
+    pub reason_code: Option<RefundReasonCode>,
     pub status: RefundStatus,
     pub status_since: DateTime<Utc>,
     pub requested_at: DateTime<Utc>,
@@ -390,6 +445,7 @@ impl Decider for Refund {
             currency,
             lines,
             reason,
+            reason_code,
             now,
         } = command
         {
@@ -408,6 +464,7 @@ impl Decider for Refund {
                     currency: *currency,
                     lines: lines.clone(),
                     reason: clip(reason),
+                    reason_code: *reason_code,
                     at: *now,
                 }]),
             };
@@ -573,6 +630,7 @@ impl Decider for Refund {
             currency,
             lines,
             reason,
+            reason_code,
             at,
         } = event
         {
@@ -588,6 +646,7 @@ impl Decider for Refund {
                     currency: *currency,
                     lines: lines.clone(),
                     reason: reason.clone(),
+                    reason_code: *reason_code,
                     status: RefundStatus::Requested,
                     status_since: *at,
                     requested_at: *at,

@@ -581,7 +581,9 @@ impl TransferState {
     /// Stripe `Idempotency-Key` for the next transfer call:
     /// `transfer:{transfer_id}:{attempt}`.
     pub fn idempotency_key(&self) -> Option<String> {
-        self.transfer.as_ref().map(ScheduledTransfer::idempotency_key)
+        self.transfer
+            .as_ref()
+            .map(ScheduledTransfer::idempotency_key)
     }
 }
 
@@ -832,8 +834,7 @@ impl Decider for SellerTransfer {
                 }
                 // While indeterminate the payout may or may not exist: lower
                 // what is owed; if it did happen, the excess is reversed.
-                let may_reduce =
-                    t.status.is_unpaid() || t.status == TransferStatus::Indeterminate;
+                let may_reduce = t.status.is_unpaid() || t.status == TransferStatus::Indeterminate;
                 if !may_reduce {
                     return Err(invalid());
                 }
@@ -1319,7 +1320,9 @@ impl Decider for SellerTransfer {
                 ..
             } => {
                 let pending = t.pending_reversal.as_mut();
-                let matches = pending.as_ref().is_some_and(|p| p.attempt == *absent_attempt);
+                let matches = pending
+                    .as_ref()
+                    .is_some_and(|p| p.attempt == *absent_attempt);
                 require(t.status == TransferStatus::ReversalIndeterminate && matches)?;
                 if let Some(p) = t.pending_reversal.as_mut() {
                     p.attempt = *attempt;

@@ -192,6 +192,7 @@ fn refund_requested(n: u128, lines: Vec<RefundLine>, previous: OrderStatus, minu
         currency: usd(),
         lines,
         reason: "damaged".into(),
+        reason_code: None,
         previous_status: previous,
         at: t(minute),
     }
@@ -214,6 +215,7 @@ fn request_refund(n: u128, products: Option<&[&str]>, minute: i64) -> C {
         refund_id: refund_id(n),
         product_ids: products.map(|ps| ps.iter().map(|p| product(p)).collect()),
         reason: "damaged".into(),
+        reason_code: None,
         now: t(minute),
     }
 }

@@ -34,7 +34,7 @@ use ledger_core::order::{
 use ledger_core::postings::{Side, postings};
 use ledger_core::psp::{PaymentStatus, RefundPspStatus};
 use ledger_core::refund::{
-    Refund, RefundCommand, RefundEvent, RefundLine, RefundState, RefundStatus,
+    Refund, RefundCommand, RefundEvent, RefundLine, RefundReasonCode, RefundState, RefundStatus,
 };
 use ledger_core::transfer::{
     RetryPolicy, SellerTransfer, TransferCommand, TransferEvent, TransferState, TransferStatus,
@@ -283,6 +283,12 @@ fn order_commands(ctx: &OrderCtx, ops: &[OrderOp]) -> Vec<OrderCommand> {
                     .as_ref()
                     .map(|ps| ps.iter().map(|p| product(&format!("p{p}"))).collect()),
                 reason: "r".into(),
+                // Both absent and present codes go through the round trips.
+                reason_code: [
+                    None,
+                    Some(RefundReasonCode::Duplicate),
+                    Some(RefundReasonCode::Fraudulent),
+                ][(*n % 3) as usize],
                 now,
             },
             OrderOp::Complete { n } => OrderCommand::CompleteRefund {
@@ -419,6 +425,7 @@ fn refund_commands(ctx: &RefundCtx, ops: &[RefundOp]) -> Vec<RefundCommand> {
         currency: usd(),
         lines: ctx.lines.clone(),
         reason: "r".into(),
+        reason_code: (!other).then_some(RefundReasonCode::RequestedByCustomer),
         now,
     };
     let good = ledger_core::ids::psp_refund_id_for(refund_id(1));
@@ -843,6 +850,7 @@ fn settle(s: &Settlement) {
                 refund_id: refund_id(1),
                 product_ids: Some(chosen),
                 reason: "r".into(),
+                reason_code: None,
                 now: t(4),
             },
             AnyEvent::Order,
@@ -866,6 +874,7 @@ fn settle(s: &Settlement) {
                 currency: usd(),
                 lines: lines.clone(),
                 reason: "r".into(),
+                reason_code: None,
                 now: t(4),
             },
             AnyEvent::Refund,

@@ -10,7 +10,7 @@ use ledger_core::order::ORDER_LINES_MAX;
 use ledger_core::psp::RefundPspStatus as P;
 use ledger_core::refund::{
     Refund, RefundAnomalyKind, RefundCommand as C, RefundEvent as E, RefundFailureKind, RefundLine,
-    RefundRejection as R, RefundStatus,
+    RefundReasonCode, RefundRejection as R, RefundStatus,
 };
 
 fn rid() -> ledger_core::ids::RefundId {
@@ -45,6 +45,7 @@ fn request_with(amount_minor: i64, lines: Vec<RefundLine>) -> C {
         currency: usd(),
         lines,
         reason: "damaged".into(),
+        reason_code: None,
         now: t(0),
     }
 }
@@ -62,6 +63,7 @@ fn requested() -> E {
         currency: usd(),
         lines: lines(),
         reason: "damaged".into(),
+        reason_code: None,
         at: t(0),
     }
 }
@@ -155,6 +157,66 @@ fn is_orphaned() -> Vec<E> {
 #[test]
 fn request_records_phase_one() {
     check::<Refund>(&[], request(), Ok(vec![requested()]));
+}
+
+#[test]
+fn a_reason_code_is_recorded_on_the_event_and_the_state() {
+    let mut command = request();
+    if let C::Request { reason_code, .. } = &mut command {
+        *reason_code = Some(RefundReasonCode::Fraudulent);
+    }
+    let mut event = requested();
+    if let E::RefundRequested { reason_code, .. } = &mut event {
+        *reason_code = Some(RefundReasonCode::Fraudulent);
+    }
+    check::<Refund>(&[], command, Ok(vec![event.clone()]));
+    round_trips(&event);
+    let encoded = ledger_core::codec::encode(&event);
+    assert!(
+        encoded.payload.contains(r#""reason_code":"fraudulent""#),
+        "{}",
+        encoded.payload
+    );
+    let state = state_after::<Refund>(&[event]);
+    assert_eq!(
+        state.refund.unwrap().reason_code,
+        Some(RefundReasonCode::Fraudulent)
+    );
+}
+
+#[test]
+fn events_without_a_reason_code_keep_their_bytes_and_old_ones_still_decode() {
+    let encoded = ledger_core::codec::encode(&requested());
+    assert!(
+        !encoded.payload.contains("reason_code"),
+        "{}",
+        encoded.payload
+    );
+    // A payload written before reason codes existed decodes with `None`.
+    let decoded: E = ledger_core::codec::decode(
+        &encoded.event_type,
+        encoded.schema_version,
+        &encoded.payload,
+    )
+    .unwrap();
+    assert_eq!(decoded, requested());
+    let state = state_after::<Refund>(&[decoded]);
+    assert_eq!(state.refund.unwrap().reason_code, None);
+}
+
+#[test]
+fn reason_codes_parse_exactly_the_psp_set() {
+    for code in RefundReasonCode::ALL {
+        assert_eq!(RefundReasonCode::parse(code.as_str()), Some(code));
+        assert!(RefundReasonCode::ALLOWED.contains(code.as_str()));
+    }
+    for bad in ["", "Duplicate", "other", "requested_by_customer "] {
+        assert_eq!(RefundReasonCode::parse(bad), None, "{bad:?}");
+    }
+    assert_eq!(
+        RefundReasonCode::default(),
+        RefundReasonCode::RequestedByCustomer
+    );
 }
 
 #[test]

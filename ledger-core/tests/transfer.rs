@@ -1051,7 +1051,11 @@ fn is_indeterminate() -> Vec<E> {
 
 #[test]
 fn an_unknown_outcome_makes_the_payout_indeterminate_once() {
-    check::<SellerTransfer>(&[scheduled()], record_unknown(1), Ok(vec![unknown_event(1, 1)]));
+    check::<SellerTransfer>(
+        &[scheduled()],
+        record_unknown(1),
+        Ok(vec![unknown_event(1, 1)]),
+    );
     check::<SellerTransfer>(&is_indeterminate(), record_unknown(2), Ok(vec![]));
     // A racing worker recorded the answer: nothing to do.
     check::<SellerTransfer>(&is_completed(), record_unknown(2), Ok(vec![]));

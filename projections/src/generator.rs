@@ -780,6 +780,7 @@ impl Scenario {
                 refund_id,
                 product_ids,
                 reason: "buyer asked for a refund".to_owned(),
+                reason_code: None,
                 now,
             },
         );
@@ -823,6 +824,7 @@ impl Scenario {
             currency: o.currency,
             lines: pending.lines.clone(),
             reason: "buyer asked for a refund".to_owned(),
+            reason_code: None,
             now: sim.tick(),
         };
         sim.run::<Refund>(slot, self.correlation, Source::Api, &command);

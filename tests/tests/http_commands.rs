@@ -386,6 +386,23 @@ async fn bad_refunds_are_refused_and_write_nothing(kind: Kind) {
         "invalid_request",
     )
     .await;
+    // Only the PSP's reason codes, spelled exactly.
+    for bad in ["other", "Duplicate", "", "requested_by_customer "] {
+        refused(
+            paid.to_string(),
+            json!({"reason": "x", "reason_code": bad}),
+            422,
+            "invalid_field",
+        )
+        .await;
+    }
+    refused(
+        paid.to_string(),
+        json!({"reason": "x", "reason_code": 1}),
+        400,
+        "invalid_request",
+    )
+    .await;
 
     // One refund pending: a second is refused until it settles.
     let r = app
@@ -580,7 +597,7 @@ async fn refunds_complete_through_the_psp_webhook(kind: Kind) {
         .request_refund(
             order,
             &key(),
-            &json!({"reason": "damaged", "product_ids": ["p-a"]}),
+            &json!({"reason": "damaged", "product_ids": ["p-a"], "reason_code": "duplicate"}),
         )
         .await;
     assert_eq!(r.status, 202, "{}", r.text());
@@ -629,6 +646,21 @@ async fn refunds_complete_through_the_psp_webhook(kind: Kind) {
         .await;
     assert_eq!(r.status, 202, "{}", r.text());
     assert_eq!(r.json()["amount_minor"], 2500);
+    // The code is recorded when given, and absent (not null) when not.
+    let requested: Vec<String> = app
+        .order_events(order)
+        .await
+        .into_iter()
+        .filter(|e| e.event_type == "RefundRequested")
+        .map(|e| e.payload)
+        .collect();
+    assert_eq!(requested.len(), 2);
+    assert!(
+        requested[0].contains(r#""reason_code":"duplicate""#),
+        "{}",
+        requested[0]
+    );
+    assert!(!requested[1].contains("reason_code"), "{}", requested[1]);
     let second = refund_id_of(&r.json());
     app.deliver_ok(
         &refund_webhook(

@@ -195,6 +195,7 @@ async fn openapi_lists_exactly_the_routes_the_router_serves(kind: Kind) {
         "OrderItemRequest",
         "OrderCreated",
         "RefundRequest",
+        "RefundReasonCodeBody",
         "RefundAccepted",
     ] {
         assert!(
@@ -203,6 +204,10 @@ async fn openapi_lists_exactly_the_routes_the_router_serves(kind: Kind) {
             schemas.keys()
         );
     }
+    assert_eq!(
+        schemas["RefundReasonCodeBody"]["enum"],
+        json!(["duplicate", "fraudulent", "requested_by_customer"])
+    );
     assert_eq!(
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"

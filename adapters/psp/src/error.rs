@@ -192,9 +192,7 @@ impl PspError {
                     s if s >= 500 => CreateOutcome::Unknown,
                     // The key was used before with other parameters:
                     // something ran under it.
-                    _ if error_type.as_deref() == Some(IDEMPOTENCY_ERROR) => {
-                        CreateOutcome::Unknown
-                    }
+                    _ if error_type.as_deref() == Some(IDEMPOTENCY_ERROR) => CreateOutcome::Unknown,
                     _ if code.as_deref() == Some(HYPERSWITCH_BUSY) => CreateOutcome::Unknown,
                     _ => CreateOutcome::Refused,
                 }

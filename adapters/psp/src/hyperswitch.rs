@@ -8,14 +8,23 @@
 //! - A 200 is never read as success by itself: the view carries `status`
 //!   and any `error_code` / `error_message` the body holds.
 //! - Every GET uses `force_sync=true`, so a poll reaches the connector.
-//! - Limits Hyperswitch enforces (30-character ids, 50 metadata keys,
-//!   positive amounts) are checked before sending.
+//! - Limits Hyperswitch enforces (30-character payment/refund ids, 64
+//!   characters of `[A-Za-z0-9_-]` for `customer_id` and `profile_id`,
+//!   metadata of at most 50 keys with keys up to 40 and values up to 500
+//!   characters, positive amounts) are checked before sending: a request
+//!   Hyperswitch would refuse is refused here with
+//!   [`PspError::InvalidRequest`] and never sent.
+//! - A refund is always `refund_type: "instant"` (older Hyperswitch versions
+//!   default to `scheduled`, which needs the provider's scheduler) with a
+//!   `reason` from the set Stripe accepts ([`RefundReasonCode`]); the buyer's
+//!   free text goes in `metadata.reason_text`, cut to the value limit.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ledger_core::ids::{PSP_ID_MAX, PaymentId, PspRefundId};
+use ledger_core::ids::{HYPERSWITCH_ID_MAX, PSP_ID_MAX, PaymentId, PspRefundId, is_hyperswitch_id};
 use ledger_core::psp::{PaymentStatus, RefundPspStatus};
+use ledger_core::refund::RefundReasonCode;
 use ledger_core::{Amount, Currency};
 use reqwest::Url;
 use reqwest::header::HeaderValue;
@@ -29,6 +38,16 @@ use crate::secret::Secret;
 pub const API_KEY_HEADER: &str = "api-key";
 /// Hyperswitch rejects more metadata keys than this (psp.md).
 pub const METADATA_KEYS_MAX: usize = 50;
+/// Longest metadata key Hyperswitch documents ("key names up to 40
+/// characters long").
+pub const METADATA_KEY_CHARS_MAX: usize = 40;
+/// Longest metadata value Hyperswitch documents ("values up to 500
+/// characters long").
+pub const METADATA_VALUE_CHARS_MAX: usize = 500;
+/// The refund metadata key that carries the buyer's free-text reason.
+pub const REFUND_REASON_TEXT_KEY: &str = "reason_text";
+/// Every refund is instant: `scheduled` needs the provider's scheduler.
+pub const REFUND_TYPE: &str = "instant";
 /// Hyperswitch's duplicate-id error code.
 pub const DUPLICATE_CODE: &str = "HE_01";
 
@@ -38,6 +57,8 @@ pub struct CreatePayment {
     /// Derived from the order (`payment_id_for`): the idempotency key.
     pub payment_id: PaymentId,
     pub amount: Amount,
+    /// At most 64 characters of `[A-Za-z0-9_-]`; see
+    /// `ledger_core::ids::hyperswitch_customer_id`.
     pub customer_id: Option<String>,
     pub description: Option<String>,
     pub metadata: BTreeMap<String, String>,
@@ -67,6 +88,10 @@ pub struct CreateRefund {
     pub refund_id: PspRefundId,
     pub payment_id: PaymentId,
     pub amount: Amount,
+    /// Sent as Hyperswitch's `reason`.
+    pub reason_code: RefundReasonCode,
+    /// The buyer's free text, sent as `metadata.reason_text` (cut to
+    /// [`METADATA_VALUE_CHARS_MAX`] characters).
     pub reason: Option<String>,
 }
 
@@ -89,6 +114,7 @@ pub struct HyperswitchClient {
     http: reqwest::Client,
     base_url: Url,
     api_key: Secret,
+    profile_id: Option<String>,
 }
 
 impl HyperswitchClient {
@@ -111,30 +137,29 @@ impl HyperswitchClient {
             http: http::build_client(timeout)?,
             base_url,
             api_key,
+            profile_id: None,
         })
+    }
+
+    /// Sends `profile_id` on every `POST /payments` (required when the
+    /// merchant has more than one business profile). Refuses an id
+    /// Hyperswitch would refuse.
+    pub fn with_profile_id(mut self, profile_id: impl Into<String>) -> Result<Self, PspError> {
+        let profile_id = profile_id.into();
+        if !is_hyperswitch_id(&profile_id) {
+            return Err(PspError::Config(format!(
+                "hyperswitch profile_id must be 1 to {HYPERSWITCH_ID_MAX} characters of \
+                 [A-Za-z0-9_-]"
+            )));
+        }
+        self.profile_id = Some(profile_id);
+        Ok(self)
     }
 
     /// Creates the payment, or returns the existing one on `HE_01`.
     pub async fn create_payment(&self, request: &CreatePayment) -> Result<PaymentView, PspError> {
         const OP: &str = "hyperswitch create_payment";
-        check_psp_id(OP, request.payment_id.as_str())?;
-        check_amount(OP, request.amount)?;
-        if request.metadata.len() > METADATA_KEYS_MAX {
-            return Err(PspError::InvalidRequest {
-                op: OP,
-                reason: format!("metadata has more than {METADATA_KEYS_MAX} keys"),
-            });
-        }
-        let body = wire::PaymentsRequest {
-            amount: request.amount.minor,
-            currency: request.amount.currency.as_str(),
-            payment_id: request.payment_id.as_str(),
-            confirm: false,
-            capture_method: "automatic",
-            customer_id: request.customer_id.as_deref(),
-            description: request.description.as_deref(),
-            metadata: (!request.metadata.is_empty()).then_some(&request.metadata),
-        };
+        let body = self.payment_body(OP, request)?;
         let answer = http::send(OP, self.post(&["payments"])?.json(&body)).await?;
         if answer.is_success() {
             return payment_view(OP, &answer);
@@ -171,14 +196,7 @@ impl HyperswitchClient {
     /// Creates the refund, or returns the existing one on `HE_01`.
     pub async fn create_refund(&self, request: &CreateRefund) -> Result<RefundView, PspError> {
         const OP: &str = "hyperswitch create_refund";
-        check_psp_id(OP, request.refund_id.as_str())?;
-        check_amount(OP, request.amount)?;
-        let body = wire::RefundsRequest {
-            payment_id: request.payment_id.as_str(),
-            refund_id: request.refund_id.as_str(),
-            amount: request.amount.minor,
-            reason: request.reason.as_deref(),
-        };
+        let body = refund_body(OP, request)?;
         let answer = http::send(OP, self.post(&["refunds"])?.json(&body)).await?;
         if answer.is_success() {
             return refund_view(OP, &answer);
@@ -217,6 +235,39 @@ impl HyperswitchClient {
             return Err(api_error(OP, &answer));
         }
         refund_view(OP, &answer)
+    }
+
+    /// The `POST /payments` body, after every client-side check.
+    fn payment_body<'a>(
+        &'a self,
+        op: &'static str,
+        request: &'a CreatePayment,
+    ) -> Result<wire::PaymentsRequest<'a>, PspError> {
+        check_psp_id(op, request.payment_id.as_str())?;
+        check_amount(op, request.amount)?;
+        if let Some(customer_id) = &request.customer_id
+            && !is_hyperswitch_id(customer_id)
+        {
+            return Err(PspError::InvalidRequest {
+                op,
+                reason: format!(
+                    "customer_id {:?} is not 1 to {HYPERSWITCH_ID_MAX} characters of [A-Za-z0-9_-]",
+                    crate::error::bounded(customer_id)
+                ),
+            });
+        }
+        check_metadata(op, &request.metadata)?;
+        Ok(wire::PaymentsRequest {
+            amount: request.amount.minor,
+            currency: request.amount.currency.as_str(),
+            payment_id: request.payment_id.as_str(),
+            confirm: false,
+            capture_method: "automatic",
+            customer_id: request.customer_id.as_deref(),
+            description: request.description.as_deref(),
+            metadata: (!request.metadata.is_empty()).then_some(&request.metadata),
+            profile_id: self.profile_id.as_deref(),
+        })
     }
 
     fn url(&self, segments: &[&str]) -> Result<Url, PspError> {
@@ -259,6 +310,59 @@ fn check_psp_id(op: &'static str, id: &str) -> Result<(), PspError> {
         });
     }
     Ok(())
+}
+
+/// Hyperswitch's documented metadata limits: at most
+/// [`METADATA_KEYS_MAX`] keys, each 1 to [`METADATA_KEY_CHARS_MAX`]
+/// characters, values up to [`METADATA_VALUE_CHARS_MAX`] characters.
+fn check_metadata(op: &'static str, metadata: &BTreeMap<String, String>) -> Result<(), PspError> {
+    let refuse = |reason: String| Err(PspError::InvalidRequest { op, reason });
+    if metadata.len() > METADATA_KEYS_MAX {
+        return refuse(format!("metadata has more than {METADATA_KEYS_MAX} keys"));
+    }
+    for (key, value) in metadata {
+        let key_chars = key.chars().count();
+        if key_chars == 0 || key_chars > METADATA_KEY_CHARS_MAX {
+            return refuse(format!(
+                "metadata key {:?} is not 1 to {METADATA_KEY_CHARS_MAX} characters",
+                crate::error::bounded(key)
+            ));
+        }
+        if value.chars().count() > METADATA_VALUE_CHARS_MAX {
+            return refuse(format!(
+                "metadata value of {key:?} is longer than {METADATA_VALUE_CHARS_MAX} characters"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The `POST /refunds` body, after every client-side check. The reason code
+/// is one of the PSP's set by construction ([`RefundReasonCode`]).
+fn refund_body<'a>(
+    op: &'static str,
+    request: &'a CreateRefund,
+) -> Result<wire::RefundsRequest<'a>, PspError> {
+    check_psp_id(op, request.refund_id.as_str())?;
+    check_amount(op, request.amount)?;
+    let mut metadata = BTreeMap::new();
+    if let Some(text) = request.reason.as_deref().filter(|t| !t.is_empty()) {
+        metadata.insert(
+            REFUND_REASON_TEXT_KEY.to_owned(),
+            text.chars()
+                .take(METADATA_VALUE_CHARS_MAX)
+                .collect::<String>(),
+        );
+    }
+    check_metadata(op, &metadata)?;
+    Ok(wire::RefundsRequest {
+        payment_id: request.payment_id.as_str(),
+        refund_id: request.refund_id.as_str(),
+        amount: request.amount.minor,
+        reason: request.reason_code.as_str(),
+        refund_type: REFUND_TYPE,
+        metadata: (!metadata.is_empty()).then_some(metadata),
+    })
 }
 
 fn check_amount(op: &'static str, amount: Amount) -> Result<(), PspError> {
@@ -320,7 +424,7 @@ fn refund_view(op: &'static str, answer: &Answer) -> Result<RefundView, PspError
 mod wire {
     use super::*;
 
-    #[derive(Serialize)]
+    #[derive(Debug, Serialize)]
     pub(super) struct PaymentsRequest<'a> {
         pub amount: i64,
         pub currency: &'a str,
@@ -333,15 +437,19 @@ mod wire {
         pub description: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         pub metadata: Option<&'a BTreeMap<String, String>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub profile_id: Option<&'a str>,
     }
 
-    #[derive(Serialize)]
+    #[derive(Debug, Serialize)]
     pub(super) struct RefundsRequest<'a> {
         pub payment_id: &'a str,
         pub refund_id: &'a str,
         pub amount: i64,
+        pub reason: &'static str,
+        pub refund_type: &'static str,
         #[serde(skip_serializing_if = "Option::is_none")]
-        pub reason: Option<&'a str>,
+        pub metadata: Option<BTreeMap<String, String>>,
     }
 
     #[derive(Deserialize)]
@@ -365,5 +473,233 @@ mod wire {
         pub status: String,
         pub error_code: Option<String>,
         pub error_message: Option<String>,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    const OP: &str = "test";
+
+    fn usd(minor: i64) -> Amount {
+        Amount::new(minor, Currency::parse("USD").unwrap())
+    }
+
+    fn client() -> HyperswitchClient {
+        HyperswitchClient::new(
+            "http://127.0.0.1:9",
+            Secret::new("k"),
+            Duration::from_secs(1),
+        )
+        .unwrap()
+    }
+
+    fn payment() -> CreatePayment {
+        CreatePayment {
+            payment_id: PaymentId::new("pay_1").unwrap(),
+            amount: usd(6540),
+            customer_id: Some("buyer-1".into()),
+            description: Some("order o-1".into()),
+            metadata: BTreeMap::from([("order_id".to_owned(), "o-1".to_owned())]),
+        }
+    }
+
+    fn refund() -> CreateRefund {
+        CreateRefund {
+            refund_id: PspRefundId::new("ref_1").unwrap(),
+            payment_id: PaymentId::new("pay_1").unwrap(),
+            amount: usd(600),
+            reason_code: RefundReasonCode::RequestedByCustomer,
+            reason: Some("arrived broken".into()),
+        }
+    }
+
+    fn payment_json(client: &HyperswitchClient, request: &CreatePayment) -> Value {
+        serde_json::to_value(client.payment_body(OP, request).unwrap()).unwrap()
+    }
+
+    fn refund_json(request: &CreateRefund) -> Value {
+        serde_json::to_value(refund_body(OP, request).unwrap()).unwrap()
+    }
+
+    fn refused(result: Result<impl std::fmt::Debug, PspError>) -> String {
+        match result {
+            Err(PspError::InvalidRequest { reason, .. }) => reason,
+            other => panic!("expected InvalidRequest, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn payment_body_is_exactly_the_documented_fields() {
+        assert_eq!(
+            payment_json(&client(), &payment()),
+            json!({
+                "amount": 6540,
+                "currency": "USD",
+                "payment_id": "pay_1",
+                "confirm": false,
+                "capture_method": "automatic",
+                "customer_id": "buyer-1",
+                "description": "order o-1",
+                "metadata": {"order_id": "o-1"}
+            })
+        );
+    }
+
+    #[test]
+    fn a_configured_profile_id_is_sent_on_payment_create() {
+        let client = client().with_profile_id("pro_abc_123-X").unwrap();
+        let body = payment_json(&client, &payment());
+        assert_eq!(body["profile_id"], "pro_abc_123-X");
+        let mut bare = payment();
+        bare.customer_id = None;
+        bare.description = None;
+        bare.metadata.clear();
+        assert_eq!(
+            payment_json(&client, &bare),
+            json!({
+                "amount": 6540,
+                "currency": "USD",
+                "payment_id": "pay_1",
+                "confirm": false,
+                "capture_method": "automatic",
+                "profile_id": "pro_abc_123-X"
+            })
+        );
+    }
+
+    #[test]
+    fn a_bad_profile_id_is_refused_at_construction() {
+        for bad in [
+            "",
+            "pro abc",
+            "pro.abc",
+            "é",
+            &"p".repeat(HYPERSWITCH_ID_MAX + 1),
+        ] {
+            let error = client().with_profile_id(bad).unwrap_err();
+            assert!(matches!(error, PspError::Config(_)), "{bad:?}: {error}");
+        }
+        assert!(
+            client()
+                .with_profile_id("p".repeat(HYPERSWITCH_ID_MAX))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn customer_ids_hyperswitch_would_refuse_are_not_sent() {
+        for bad in [
+            "",
+            "jane@example.com",
+            "a b",
+            &"c".repeat(HYPERSWITCH_ID_MAX + 1),
+        ] {
+            let mut request = payment();
+            request.customer_id = Some(bad.to_owned());
+            let reason = refused(client().payment_body(OP, &request));
+            assert!(reason.contains("customer_id"), "{reason}");
+        }
+        let mut longest = payment();
+        longest.customer_id = Some("c".repeat(HYPERSWITCH_ID_MAX));
+        assert!(client().payment_body(OP, &longest).is_ok());
+    }
+
+    #[test]
+    fn metadata_limits_are_checked_before_sending() {
+        let mut at_limits = payment();
+        at_limits.metadata = (0..METADATA_KEYS_MAX)
+            .map(|i| {
+                (
+                    format!("{i:0>width$}", width = METADATA_KEY_CHARS_MAX),
+                    "é".repeat(METADATA_VALUE_CHARS_MAX),
+                )
+            })
+            .collect();
+        assert!(client().payment_body(OP, &at_limits).is_ok());
+
+        let mut too_many = payment();
+        too_many.metadata = (0..=METADATA_KEYS_MAX)
+            .map(|i| (format!("k{i}"), "v".to_owned()))
+            .collect();
+        assert!(refused(client().payment_body(OP, &too_many)).contains("keys"));
+
+        let mut long_key = payment();
+        long_key.metadata =
+            BTreeMap::from([("k".repeat(METADATA_KEY_CHARS_MAX + 1), "v".to_owned())]);
+        assert!(refused(client().payment_body(OP, &long_key)).contains("key"));
+
+        let mut empty_key = payment();
+        empty_key.metadata = BTreeMap::from([(String::new(), "v".to_owned())]);
+        refused(client().payment_body(OP, &empty_key));
+
+        let mut long_value = payment();
+        long_value.metadata =
+            BTreeMap::from([("k".to_owned(), "v".repeat(METADATA_VALUE_CHARS_MAX + 1))]);
+        assert!(refused(client().payment_body(OP, &long_value)).contains("value"));
+    }
+
+    #[test]
+    fn refund_body_is_instant_with_a_psp_reason_and_the_text_in_metadata() {
+        assert_eq!(
+            refund_json(&refund()),
+            json!({
+                "payment_id": "pay_1",
+                "refund_id": "ref_1",
+                "amount": 600,
+                "reason": "requested_by_customer",
+                "refund_type": "instant",
+                "metadata": {"reason_text": "arrived broken"}
+            })
+        );
+    }
+
+    #[test]
+    fn each_reason_code_maps_to_the_hyperswitch_reason() {
+        for (code, wire) in [
+            (RefundReasonCode::Duplicate, "duplicate"),
+            (RefundReasonCode::Fraudulent, "fraudulent"),
+            (
+                RefundReasonCode::RequestedByCustomer,
+                "requested_by_customer",
+            ),
+        ] {
+            let mut request = refund();
+            request.reason_code = code;
+            assert_eq!(refund_json(&request)["reason"], wire);
+        }
+    }
+
+    #[test]
+    fn refund_without_free_text_sends_no_metadata() {
+        for reason in [None, Some(String::new())] {
+            let mut request = refund();
+            request.reason = reason;
+            let body = refund_json(&request);
+            assert!(body.get("metadata").is_none(), "{body}");
+            assert_eq!(body["reason"], "requested_by_customer");
+        }
+    }
+
+    #[test]
+    fn long_free_text_is_cut_to_the_metadata_value_limit() {
+        let mut request = refund();
+        request.reason = Some("ü".repeat(1_000));
+        let body = refund_json(&request);
+        let text = body["metadata"][REFUND_REASON_TEXT_KEY].as_str().unwrap();
+        assert_eq!(text.chars().count(), METADATA_VALUE_CHARS_MAX);
+        assert!(text.chars().all(|c| c == 'ü'));
+    }
+
+    #[test]
+    fn refund_ids_and_amounts_are_still_checked() {
+        let mut long_id = refund();
+        long_id.refund_id = PspRefundId::new("r".repeat(PSP_ID_MAX + 1)).unwrap();
+        refused(refund_body(OP, &long_id));
+        let mut zero = refund();
+        zero.amount = usd(0);
+        refused(refund_body(OP, &zero));
     }
 }

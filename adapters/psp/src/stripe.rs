@@ -39,6 +39,32 @@ pub const IDEMPOTENCY_KEY_MAX: usize = 255;
 pub const METADATA_KEYS_MAX: usize = 50;
 /// Stripe's error code for a missing object.
 pub const RESOURCE_MISSING: &str = "resource_missing";
+/// Header that pins the API version of a request; without it the account's
+/// default version applies.
+pub const STRIPE_VERSION_HEADER: &str = "Stripe-Version";
+/// The API version every request pins unless told otherwise: the current
+/// version named on Stripe's versioning page
+/// (<https://docs.stripe.com/api-versions>, "The current version of the API
+/// is 2026-09-30.endive") when this was written.
+pub const DEFAULT_API_VERSION: &str = "2026-09-30.endive";
+/// Longest `Stripe-Version` accepted; real ones are about 20 characters.
+pub const API_VERSION_MAX: usize = 64;
+
+/// `Ok` when `version` can be sent as `Stripe-Version`: 1 to
+/// [`API_VERSION_MAX`] printable ASCII characters, no whitespace. Stripe
+/// itself decides whether it names a real version.
+pub fn check_api_version(version: &str) -> Result<(), String> {
+    if version.is_empty() {
+        return Err("empty".to_owned());
+    }
+    if version.len() > API_VERSION_MAX {
+        return Err(format!("longer than {API_VERSION_MAX} characters"));
+    }
+    if !version.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("not printable ASCII without whitespace".to_owned());
+    }
+    Ok(())
+}
 
 /// `Idempotency-Key` of a transfer attempt.
 pub fn transfer_idempotency_key(transfer_id: TransferId, attempt: u32) -> String {
@@ -128,6 +154,7 @@ pub struct StripeClient {
     http: reqwest::Client,
     base_url: Url,
     secret_key: Secret,
+    api_version: String,
 }
 
 impl StripeClient {
@@ -148,6 +175,7 @@ impl StripeClient {
             http: http::build_client(timeout)?,
             base_url,
             secret_key,
+            api_version: DEFAULT_API_VERSION.to_owned(),
         })
     }
 
@@ -168,9 +196,7 @@ impl StripeClient {
             query.push(("created[lt]".to_owned(), lt.to_string()));
         }
         let raw: Vec<wire::Transfer> = self.list(OP, &["v1", "transfers"], query).await?;
-        raw.into_iter()
-            .map(|t| transfer_from_wire(OP, t))
-            .collect()
+        raw.into_iter().map(|t| transfer_from_wire(OP, t)).collect()
     }
 
     /// Every reversal of a transfer, newest first, all pages.
@@ -182,9 +208,7 @@ impl StripeClient {
         let segments = ["v1", "transfers", stripe_transfer_id.as_str(), "reversals"];
         let query = vec![("limit".to_owned(), LIST_PAGE_SIZE.to_string())];
         let raw: Vec<wire::Reversal> = self.list(OP, &segments, query).await?;
-        raw.into_iter()
-            .map(|r| reversal_from_wire(OP, r))
-            .collect()
+        raw.into_iter().map(|r| reversal_from_wire(OP, r)).collect()
     }
 
     /// Reads a Stripe list to its end with `starting_after` cursors.
@@ -201,7 +225,7 @@ impl StripeClient {
                 page_query.push(("starting_after".to_owned(), last.id().to_owned()));
             }
             let request = self
-                .get_request(self.url(segments)?)
+                .get_request(op, self.url(segments)?)?
                 .query(&page_query);
             let answer = http::send(op, request).await?;
             if !answer.is_success() {
@@ -221,6 +245,14 @@ impl StripeClient {
                 u64::from(LIST_PAGES_MAX) * u64::from(LIST_PAGE_SIZE)
             ),
         })
+    }
+
+    /// Pins `Stripe-Version` to `version` instead of [`DEFAULT_API_VERSION`].
+    /// A version [`check_api_version`] refuses makes every call fail with
+    /// [`PspError::InvalidRequest`] before anything is sent.
+    pub fn with_api_version(mut self, version: impl Into<String>) -> Self {
+        self.api_version = version.into();
+        self
     }
 
     /// Creates the transfer under `transfer:{transfer_id}:{attempt}`.
@@ -264,7 +296,7 @@ impl StripeClient {
     pub async fn get_transfer(&self, id: &StripeTransferId) -> Result<TransferView, PspError> {
         const OP: &str = "stripe get_transfer";
         let url = self.url(&["v1", "transfers", id.as_str()])?;
-        let answer = http::send(OP, self.get_request(url)).await?;
+        let answer = http::send(OP, self.get_request(OP, url)?).await?;
         if !answer.is_success() {
             return Err(api_error(OP, &answer));
         }
@@ -367,11 +399,24 @@ impl StripeClient {
             .bearer_auth(self.secret_key.expose())
             .header(IDEMPOTENCY_KEY_HEADER, idempotency_key)
             .form(form);
-        http::send(op, request).await
+        http::send(op, self.versioned(op, request)?).await
     }
 
-    fn get_request(&self, url: Url) -> reqwest::RequestBuilder {
-        self.http.get(url).bearer_auth(self.secret_key.expose())
+    fn versioned(
+        &self,
+        op: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, PspError> {
+        check_api_version(&self.api_version).map_err(|reason| PspError::InvalidRequest {
+            op,
+            reason: format!("{STRIPE_VERSION_HEADER}: {reason}"),
+        })?;
+        Ok(request.header(STRIPE_VERSION_HEADER, self.api_version.as_str()))
+    }
+
+    fn get_request(&self, op: &'static str, url: Url) -> Result<reqwest::RequestBuilder, PspError> {
+        let request = self.http.get(url).bearer_auth(self.secret_key.expose());
+        self.versioned(op, request)
     }
 
     fn url(&self, segments: &[&str]) -> Result<Url, PspError> {
@@ -387,7 +432,6 @@ impl StripeClient {
 fn lower(currency: Currency) -> String {
     currency.as_str().to_ascii_lowercase()
 }
-
 
 /// Stripe: only `resource_missing` means the object is missing.
 fn api_error(op: &'static str, answer: &Answer) -> PspError {
@@ -437,8 +481,7 @@ fn reversal_from_wire(op: &'static str, raw: wire::Reversal) -> Result<ReversalV
     Ok(ReversalView {
         id: StripeReversalId::new(raw.id).map_err(|e| unreadable(op, "id", e))?,
         amount: Amount::new(raw.amount, currency),
-        transfer: StripeTransferId::new(raw.transfer)
-            .map_err(|e| unreadable(op, "transfer", e))?,
+        transfer: StripeTransferId::new(raw.transfer).map_err(|e| unreadable(op, "transfer", e))?,
         metadata: raw.metadata,
     })
 }
@@ -514,6 +557,22 @@ mod wire {
 mod tests {
     use super::*;
     use uuid::Uuid;
+
+    #[test]
+    fn api_versions_are_checked_for_sendability() {
+        assert_eq!(check_api_version(DEFAULT_API_VERSION), Ok(()));
+        assert_eq!(check_api_version("2024-06-20"), Ok(()));
+        for bad in [
+            "",
+            "2024-06-20 ",
+            "2024 06 20",
+            "2024-06-20\n",
+            "é",
+            &"1".repeat(65),
+        ] {
+            assert!(check_api_version(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn idempotency_keys_have_the_documented_shape_and_fit_stripe() {

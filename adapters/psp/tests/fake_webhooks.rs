@@ -269,6 +269,7 @@ async fn refund_webhooks_only_for_terminal_statuses() {
             refund_id: refund_id.clone(),
             payment_id,
             amount: usd(100),
+            reason_code: ledger_core::refund::RefundReasonCode::RequestedByCustomer,
             reason: None,
         })
         .await

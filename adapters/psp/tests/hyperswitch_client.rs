@@ -28,6 +28,7 @@ fn refund(id: &str, payment_id: &str, minor: i64) -> CreateRefund {
         refund_id: PspRefundId::new(id).unwrap(),
         payment_id: PaymentId::new(payment_id).unwrap(),
         amount: usd(minor),
+        reason_code: ledger_core::refund::RefundReasonCode::RequestedByCustomer,
         reason: Some("customer request".into()),
     }
 }

@@ -364,7 +364,11 @@ async fn the_payout_gateway_trait_drives_the_real_client() {
     assert!(gateway.get_transfer(&created.id).await.unwrap().reversed);
 }
 
-fn rev(key: TransferId, attempt: u32, amount: Option<ledger_core::Amount>) -> ledger_psp::CreateReversal {
+fn rev(
+    key: TransferId,
+    attempt: u32,
+    amount: Option<ledger_core::Amount>,
+) -> ledger_psp::CreateReversal {
     ledger_psp::CreateReversal {
         reversal_key_id: key,
         attempt,

@@ -19,7 +19,7 @@ use ledger_core::ids::{
 use ledger_core::order::{
     LineInput, ORDER_LINES_MAX, Order, OrderCommand, OrderRejection, OrderState, PlacedOrder,
 };
-use ledger_core::refund::{Refund, RefundCommand, RefundRejection, RefundState};
+use ledger_core::refund::{Refund, RefundCommand, RefundReasonCode, RefundRejection, RefundState};
 use ledger_core::{Currency, Decider, Source};
 use ledger_store::StoreError;
 use ledger_store::handle::{CommandContext, HandleError, Handled, execute, load, to_new_events};
@@ -75,7 +75,42 @@ pub struct OrderCreated {
 pub struct RefundRequest {
     /// Lines to refund; absent means everything still refundable.
     pub product_ids: Option<Vec<String>>,
+    /// Free text (the buyer's words), kept with the refund and passed to the
+    /// PSP as metadata.
     pub reason: String,
+    /// The reason the PSP is told; absent means `requested_by_customer`.
+    /// Any other string is a 422 `invalid_field`.
+    #[schema(value_type = Option<RefundReasonCodeBody>)]
+    pub reason_code: Option<String>,
+}
+
+/// `reason_code` of a refund request: the set Hyperswitch accepts for a
+/// Stripe refund (`ledger_core::refund::RefundReasonCode`). Declared for the
+/// OpenAPI document; the body is read as a string and checked, so a wrong
+/// value gets a 422 naming the allowed ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum RefundReasonCodeBody {
+    Duplicate,
+    Fraudulent,
+    RequestedByCustomer,
+}
+
+/// `reason_code`, when present, as the core's code.
+fn parse_reason_code(code: Option<&str>) -> Result<Option<RefundReasonCode>, ApiError> {
+    code.map(|text| {
+        RefundReasonCode::parse(text).ok_or_else(|| {
+            ApiError::unprocessable(
+                "invalid_field",
+                format!(
+                    "reason_code: {:?} is not one of {}",
+                    text.chars().take(64).collect::<String>(),
+                    RefundReasonCode::ALLOWED
+                ),
+            )
+        })
+    })
+    .transpose()
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -430,10 +465,12 @@ pub async fn request_refund(
         .transpose()?;
     let refund_id = refund_id_from_idempotency_key(order_id, &key);
     let stream = order_id.stream_id();
+    let reason_code = parse_reason_code(req.reason_code.as_deref())?;
     let command = OrderCommand::RequestRefund {
         refund_id,
         product_ids,
         reason: req.reason,
+        reason_code,
         now: state.clock.now(),
     };
     // Dry run against the current state so a refused refund writes nothing.
@@ -490,6 +527,7 @@ pub async fn request_refund(
                         currency: order.currency,
                         lines: pending.lines.clone(),
                         reason: clip_reason(&command),
+                        reason_code,
                         now: state.clock.now(),
                     };
                     execute::<Refund, _>(&*state.events, &refund_stream, &ctx, &cmd)

@@ -230,7 +230,10 @@ impl Managers {
         to: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<ProviderReport, ManagerError> {
-        self.inner.reconciler.reconcile_provider(from, to, now).await
+        self.inner
+            .reconciler
+            .reconcile_provider(from, to, now)
+            .await
     }
 
     /// `POST /v1/admin/transfers/{id}/retry`: an operator's retry. An

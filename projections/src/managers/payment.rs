@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ledger_core::Amount;
-use ledger_core::ids::payment_id_for;
+use ledger_core::ids::{hyperswitch_customer_id, payment_id_for};
 use ledger_core::order::{Order, OrderCommand, OrderStatus, PlacedOrder};
 use ledger_psp::{CreateOutcome, CreatePayment, PaymentView, PspError};
 use ledger_store::work::WorkItem;
 
-use super::worker::{Step, stream_of};
 use super::resolve::INDETERMINATE_READ_DELAY;
+use super::worker::{Step, stream_of};
 use super::{Actor, Ctx, ManagerError};
 
 const NAME: &str = "payment";
@@ -150,7 +150,7 @@ pub(crate) async fn initiate(
     let request = CreatePayment {
         payment_id: payment_id.clone(),
         amount: Amount::new(order.total_minor, order.currency),
-        customer_id: Some(order.buyer_id.to_string()),
+        customer_id: Some(hyperswitch_customer_id(&order.buyer_id)),
         description: Some(format!("order {}", order.order_id)),
         metadata: BTreeMap::from([("order_id".to_owned(), order.order_id.to_string())]),
     };

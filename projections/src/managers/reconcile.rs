@@ -208,8 +208,7 @@ impl Reconciler {
             .await?;
         report.transfers.looked_at = count(&rows);
         for row in rows {
-            self.indeterminate(&row, now, &mut report.transfers)
-                .await?;
+            self.indeterminate(&row, now, &mut report.transfers).await?;
         }
         Ok(report)
     }
@@ -225,7 +224,13 @@ impl Reconciler {
         let Some(stream) = parse_stream(row, class) else {
             return Ok(());
         };
-        let Some(t) = self.ctx.load::<SellerTransfer>(&stream).await?.state.transfer else {
+        let Some(t) = self
+            .ctx
+            .load::<SellerTransfer>(&stream)
+            .await?
+            .state
+            .transfer
+        else {
             class.skipped += 1;
             return Ok(());
         };
@@ -562,7 +567,11 @@ impl Reconciler {
         for view in &listed {
             self.match_transfer(view, now, &mut report).await?;
         }
-        let status = if report.is_clean() { "clean" } else { "anomalies" };
+        let status = if report.is_clean() {
+            "clean"
+        } else {
+            "anomalies"
+        };
         tracing::info!(
             from = %from, to = %to, transfers = report.transfers_listed,
             reversals = report.reversals_listed, matched = report.matched,
@@ -584,7 +593,13 @@ impl Reconciler {
             .and_then(|id| id.parse::<uuid::Uuid>().ok())
             .map(TransferId);
         let loaded = match named {
-            Some(id) => self.ctx.load::<SellerTransfer>(&id.stream_id()).await?.state.transfer,
+            Some(id) => {
+                self.ctx
+                    .load::<SellerTransfer>(&id.stream_id())
+                    .await?
+                    .state
+                    .transfer
+            }
             None => None,
         };
         let Some(t) = loaded else {
@@ -684,16 +699,8 @@ impl Reconciler {
             )),
         }
         for (kind, provider_id, detail) in found {
-            let new = record_anomaly(
-                &self.ctx,
-                &t,
-                ACTOR,
-                kind,
-                Some(&provider_id),
-                &detail,
-                now,
-            )
-            .await?;
+            let new = record_anomaly(&self.ctx, &t, ACTOR, kind, Some(&provider_id), &detail, now)
+                .await?;
             report.anomalies.push(ProviderAnomaly {
                 provider_id,
                 stream_id: Some(stream.to_string()),

@@ -20,16 +20,18 @@ use ledger_core::Amount;
 use ledger_core::ids::{RefundId, SellerId, StreamId, psp_refund_id_for, transfer_id};
 use ledger_core::order::{LineRefund, Order, OrderEvent, OrderStatus, PlacedOrder};
 use ledger_core::psp::RefundPspStatus;
-use ledger_core::refund::{Refund, RefundAnomalyKind, RefundCommand, RefundState, RefundStatus};
+use ledger_core::refund::{
+    Refund, RefundAnomalyKind, RefundCommand, RefundReasonCode, RefundState, RefundStatus,
+};
 use ledger_core::transfer::{SellerTransfer, TransferCommand, TransferRejection, TransferStatus};
 use ledger_psp::{CreateOutcome, CreateRefund};
 use ledger_store::READ_BATCH_MAX;
 use ledger_store::handle::{HandleError, decode_recorded};
 use ledger_store::work::WorkItem;
 
+use super::resolve::INDETERMINATE_READ_DELAY;
 use super::transfer::schedule_transfers;
 use super::worker::{Step, WorkerKind, stream_of};
-use super::resolve::INDETERMINATE_READ_DELAY;
 use super::{Actor, Ctx, ManagerError, command_context, handle_error};
 
 pub(crate) async fn step_open(
@@ -51,6 +53,7 @@ pub(crate) async fn step_open(
     // Not the API's cause: if the API is writing the stream right now, its
     // append sees a version conflict and re-decides to a no-op, instead of
     // meeting our event id with another payload.
+    let (reason, reason_code) = reserved_reason(ctx, &stream, pending.refund_id).await?;
     ctx.run::<Refund>(
         &refund_stream,
         &format!("refund:{}:request:recovered", pending.refund_id),
@@ -62,7 +65,8 @@ pub(crate) async fn step_open(
             amount_minor: pending.amount_minor,
             currency: order.currency,
             lines: pending.lines.clone(),
-            reason: reserved_reason(ctx, &stream, pending.refund_id).await?,
+            reason,
+            reason_code,
             now,
         },
         "Request",
@@ -76,13 +80,13 @@ pub(crate) async fn step_open(
     Ok(Step::Done)
 }
 
-/// The reason the order's `RefundRequested` recorded (the folded state
-/// does not keep it).
+/// The reason and reason code the order's `RefundRequested` recorded (the
+/// folded state does not keep them).
 async fn reserved_reason(
     ctx: &Ctx,
     order_stream: &StreamId,
     refund_id: RefundId,
-) -> Result<String, ManagerError> {
+) -> Result<(String, Option<RefundReasonCode>), ManagerError> {
     let mut from = 1;
     loop {
         let page = ctx
@@ -99,15 +103,16 @@ async fn reserved_reason(
             if let OrderEvent::RefundRequested {
                 refund_id: id,
                 reason,
+                reason_code,
                 ..
             } = event
                 && id == refund_id
             {
-                return Ok(reason);
+                return Ok((reason, reason_code));
             }
         }
         if page.len() < READ_BATCH_MAX as usize {
-            return Ok(String::new());
+            return Ok((String::new(), None));
         }
     }
 }
@@ -129,7 +134,7 @@ pub(crate) async fn step_refund(
     }
     let actor = Actor::worker(WorkerKind::Refund.name());
     let psp_refund_id = psp_refund_id_for(r.refund_id);
-    // A earlier try of this row may have reached Hyperswitch: read before
+    // An earlier try of this row may have reached Hyperswitch: read before
     // creating again (the refund id is ours, so a read finds it).
     let read_first = item.attempts > 0;
     let answer = if read_first {
@@ -263,6 +268,7 @@ async fn create_refund(
         refund_id: psp_refund_id.clone(),
         payment_id: r.payment_id.clone(),
         amount: Amount::new(r.amount_minor, r.currency),
+        reason_code: r.reason_code.unwrap_or_default(),
         reason: (!r.reason.is_empty()).then(|| r.reason.clone()),
     };
     ctx.payments.create_refund(&request).await
@@ -515,9 +521,9 @@ async fn settle_seller(
                 Err(e) => Err(handle_error(&stream, "RequestReversal", e)),
             }
         }
-        TransferStatus::ReversalPending | TransferStatus::ReversalIndeterminate => Ok(Some(format!(
-            "transfer {id} is reversing for another refund"
-        ))),
+        TransferStatus::ReversalPending | TransferStatus::ReversalIndeterminate => Ok(Some(
+            format!("transfer {id} is reversing for another refund"),
+        )),
         TransferStatus::ReversalFailed => {
             tracing::error!(
                 stream_id = %stream, refund_id = %refund_id, seller_id = %seller_id,

@@ -402,6 +402,7 @@ impl Harness {
                     .collect()
             }),
             reason: "buyer asked".to_owned(),
+            reason_code: None,
             now: self.now(),
         };
         self.api::<Order>(
@@ -432,6 +433,7 @@ impl Harness {
             currency: order.currency,
             lines: pending.lines,
             reason: "buyer asked".to_owned(),
+            reason_code: None,
             now: self.now(),
         };
         self.api::<Refund>(
@@ -896,6 +898,7 @@ pub mod scenarios {
                 refund_id: ledger_core::ids::psp_refund_id_for(refund_id),
                 payment_id: order.payment_id.clone().expect("payment id"),
                 amount: Amount::new(order.total_minor, eur()),
+                reason_code: ledger_core::refund::RefundReasonCode::RequestedByCustomer,
                 reason: None,
             })
             .await
@@ -1467,6 +1470,7 @@ pub mod scenarios {
                 refund_id: ledger_core::ids::psp_refund_id_for(refund_id),
                 payment_id: order.payment_id.clone().expect("payment id"),
                 amount: Amount::new(order.total_minor, eur()),
+                reason_code: ledger_core::refund::RefundReasonCode::RequestedByCustomer,
                 reason: None,
             })
             .await

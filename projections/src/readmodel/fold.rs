@@ -1103,6 +1103,8 @@ fn apply_refund(
         currency,
         lines,
         reason,
+        // Not in the read model: it only decides the PSP's `reason`.
+        reason_code: _,
         at,
     } = event
     {
