@@ -196,6 +196,8 @@ pub struct Harness {
     /// Clients on the fake, for simulating a crash after a PSP call.
     pub hyperswitch: HyperswitchClient,
     pub stripe: StripeClient,
+    candidates: Arc<dyn StuckCandidates>,
+    config: ManagerConfig,
     read_side: Option<Arc<dyn ReadSide>>,
 }
 
@@ -227,7 +229,7 @@ impl Harness {
             ManagerDeps {
                 events: parts.events.clone(),
                 work: parts.work.clone(),
-                candidates: parts.candidates,
+                candidates: parts.candidates.clone(),
                 payments: Arc::new(hyperswitch.clone()),
                 payouts: Arc::new(stripe.clone()),
                 clock: clock.clone(),
@@ -243,8 +245,27 @@ impl Harness {
             managers,
             hyperswitch,
             stripe,
+            candidates: parts.candidates,
+            config,
             read_side: parts.read_side,
         }
+    }
+
+    /// A second process's managers on the same stores, PSP and clock (as a
+    /// second `serve` would run them).
+    pub fn second_managers(&self) -> Managers {
+        Managers::new(
+            ManagerDeps {
+                events: self.events.clone(),
+                work: self.work.clone(),
+                candidates: self.candidates.clone(),
+                payments: Arc::new(self.hyperswitch.clone()),
+                payouts: Arc::new(self.stripe.clone()),
+                clock: self.clock.clone(),
+            },
+            self.config,
+            format!("testkit-second-{}", Uuid::new_v4()),
+        )
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -620,7 +641,22 @@ macro_rules! manager_scenarios {
             reversal_respects_next_retry_at,
             transfer_definitive_failure_is_retried_when_due,
             transfer_exhausted_then_operator_retry,
-            transfer_transient_error_reuses_the_key,
+            transfer_lost_answer_without_effect_reads_absence_then_pays_once,
+            transfer_rate_limited_retries_the_same_key,
+            transfer_created_then_500_is_found_by_reading_not_paid_twice,
+            transfer_created_then_500_with_the_key_pruned_is_found_not_paid_twice,
+            transfer_created_then_connection_dropped_is_found_by_reading,
+            a_pending_payout_whose_key_may_be_gone_is_read_before_paying,
+            operator_retry_of_an_indeterminate_payout_reads_first,
+            two_managers_resolving_one_indeterminate_payout_pay_once,
+            reversal_created_then_500_is_found_by_reading,
+            reversal_lost_without_effect_moves_to_a_new_key_once,
+            payment_created_then_500_is_read_not_created_again,
+            refund_created_then_500_is_read_not_created_again,
+            an_unknown_refund_status_is_one_anomaly_and_no_retry_loop,
+            a_null_destination_is_one_anomaly_and_no_retry_loop,
+            reconciler_sweeps_indeterminate_payouts,
+            provider_reconcile_catches_a_second_payout_and_verify_reports_it,
             payment_crash_after_psp_create_recovers_without_second_payment,
             payment_inline_start_leaves_nothing_for_the_worker,
             payment_worker_leaves_a_new_order_to_the_api_for_its_grace,
@@ -648,7 +684,7 @@ pub mod scenarios {
     use ledger_core::psp::{PaymentStatus, RefundPspStatus};
     use ledger_core::refund::{RefundFailureKind, RefundStatus};
     use ledger_core::transfer::{RetryPolicy, TransferStatus};
-    use ledger_psp::{CreatePayment, CreateRefund};
+    use ledger_psp::{CreatePayment, CreateRefund, CreateTransfer};
     use ledger_psp_fake::{Endpoint, Fault, ResourceBehaviour};
     use ledger_store::work::WorkOrder;
 
@@ -1343,25 +1379,533 @@ pub mod scenarios {
         );
     }
 
-    pub async fn transfer_transient_error_reuses_the_key(make: &impl MakeHarness) {
+    // ------------------------------------------- indeterminate outcomes
+
+    /// The transfer the harness's order `key` owes seller A, and the
+    /// exact request the transfer worker sends for its current attempt.
+    async fn payout_request(h: &Harness, order_id: OrderId) -> CreateTransfer {
+        let t = h.transfer(order_id, "seller-a").await;
+        CreateTransfer {
+            transfer_id: t.transfer_id,
+            attempt: t.attempt,
+            amount: t.amount,
+            destination: t.destination.clone(),
+            transfer_group: Some(super::super::resolve::transfer_group(&t)),
+            metadata: super::super::resolve::payout_metadata(&t),
+        }
+    }
+
+    async fn assert_verify_clean(h: &Harness) {
+        let verified = verify(h.events.clone(), VerifyOptions::default(), &[], &|_| {})
+            .await
+            .expect("verify");
+        assert!(verified.is_clean(), "{:#?}", verified.findings);
+    }
+
+    fn count_of(types: &[String], wanted: &str) -> usize {
+        types.iter().filter(|t| t.as_str() == wanted).count()
+    }
+
+    pub async fn transfer_lost_answer_without_effect_reads_absence_then_pays_once(
+        make: &impl MakeHarness,
+    ) {
         let h = make.make(test_config()).await;
+        // A 503 from in front of the API: nothing was made, but the ledger
+        // cannot know that from the answer.
         h.fake
             .inject_fault(Endpoint::CreateTransfer, Fault::Status(503), 1);
         let order_id = h.paid_order("tr-503", &ONE_LINE).await;
         let t = h.transfer(order_id, "seller-a").await;
-        // Nothing recorded: still pending, same attempt.
-        assert_eq!(t.status, TransferStatus::Pending);
-        assert_eq!((t.attempt, t.retry_count), (1, 0));
+        assert_eq!(t.status, TransferStatus::Indeterminate);
+        assert_eq!(t.attempt, 1);
+        assert_eq!(h.counters().transfers_created, 0);
+        // Nothing is sent again before the read.
         let rows = h.pending_work(WorkerKind::Transfer).await;
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].attempts, 1);
-        assert!(rows[0].last_error.as_deref().unwrap_or("").contains("503"));
+        assert_eq!(rows[0].due_at, h.now() + TimeDelta::seconds(30));
+        h.advance(MINUTE);
+        h.run_until_idle().await;
+        let t = h.transfer(order_id, "seller-a").await;
+        assert_eq!(t.status, TransferStatus::Completed);
+        // Proven absent, so the next attempt used a new key.
+        assert_eq!(t.attempt, 2);
+        let c = h.counters();
+        assert_eq!(c.requests_to(Endpoint::ListTransfers), 1);
+        assert_eq!(c.requests_to(Endpoint::CreateTransfer), 2);
+        assert_eq!(c.transfers_created, 1);
+        let at_stripe = h.fake.transfers();
+        assert_eq!(at_stripe.len(), 1);
+        assert_eq!(
+            Some(at_stripe[0].id.as_str()),
+            t.stripe_transfer_id.as_ref().map(|s| s.as_str())
+        );
+        assert_eq!(
+            at_stripe[0].metadata.get("attempt").map(String::as_str),
+            Some("2")
+        );
+        assert_verify_clean(&h).await;
+    }
+
+    pub async fn transfer_rate_limited_retries_the_same_key(make: &impl MakeHarness) {
+        let h = make.make(test_config()).await;
+        h.fake
+            .inject_fault(Endpoint::CreateTransfer, Fault::RateLimited, 1);
+        let order_id = h.paid_order("tr-429", &ONE_LINE).await;
+        let t = h.transfer(order_id, "seller-a").await;
+        // A 429 did not execute: still pending, no read needed.
+        assert_eq!(t.status, TransferStatus::Pending);
+        let rows = h.pending_work(WorkerKind::Transfer).await;
+        assert_eq!(rows.len(), 1);
+        assert!(rows[0].last_error.as_deref().unwrap_or("").contains("429"));
+        h.advance(MINUTE);
+        h.run_until_idle().await;
+        let t = h.transfer(order_id, "seller-a").await;
+        assert_eq!((t.status, t.attempt), (TransferStatus::Completed, 1));
+        assert_eq!(h.counters().requests_to(Endpoint::ListTransfers), 0);
+        assert_eq!(h.counters().transfers_created, 1);
+    }
+
+    pub async fn transfer_created_then_500_is_found_by_reading_not_paid_twice(
+        make: &impl MakeHarness,
+    ) {
+        let h = make.make(test_config()).await;
+        h.fake
+            .inject_fault(Endpoint::CreateTransfer, Fault::SucceedThenStatus(500), 1);
+        let order_id = h.paid_order("tr-made-500", &ONE_LINE).await;
+        let t = h.transfer(order_id, "seller-a").await;
+        assert_eq!(t.status, TransferStatus::Indeterminate);
+        assert_eq!(h.counters().transfers_created, 1);
+        // Stripe stored the 500 under the key: the same key replays it, so
+        // retrying with it could never succeed.
+        let replay = h
+            .stripe
+            .create_transfer(&payout_request(&h, order_id).await)
+            .await
+            .expect_err("the stored 500");
+        assert!(
+            matches!(replay, ledger_psp::PspError::Api { status: 500, signals, .. } if signals.replayed && signals.should_retry == Some(false)),
+            "{replay:?}"
+        );
+        assert_eq!(replay.create_outcome(), ledger_psp::CreateOutcome::Unknown);
         h.advance(MINUTE);
         h.run_until_idle().await;
         let t = h.transfer(order_id, "seller-a").await;
         assert_eq!(t.status, TransferStatus::Completed);
         assert_eq!(t.attempt, 1);
+        let at_stripe = h.fake.transfers();
+        assert_eq!(at_stripe.len(), 1, "exactly one transfer at Stripe");
+        assert_eq!(
+            t.stripe_transfer_id.as_ref().map(|s| s.as_str()),
+            Some(at_stripe[0].id.as_str())
+        );
+        assert_eq!(t.transferred_minor, at_stripe[0].amount_minor);
+        // One create from the worker, one replay from this test: the
+        // worker never sent the create again.
+        assert_eq!(h.counters().requests_to(Endpoint::CreateTransfer), 2);
+        assert_verify_clean(&h).await;
+    }
+
+    pub async fn transfer_created_then_500_with_the_key_pruned_is_found_not_paid_twice(
+        make: &impl MakeHarness,
+    ) {
+        let h = make.make(test_config()).await;
+        h.fake
+            .inject_fault(Endpoint::CreateTransfer, Fault::SucceedThenStatus(500), 1);
+        let order_id = h.paid_order("tr-pruned", &ONE_LINE).await;
+        assert_eq!(
+            h.transfer(order_id, "seller-a").await.status,
+            TransferStatus::Indeterminate
+        );
+        // A day passes and Stripe forgets the key: sending it again now
+        // would create a second transfer.
+        assert_eq!(h.fake.prune_idempotency_keys(), 1);
+        h.advance(Duration::from_secs(24 * 3_600));
+        h.run_until_idle().await;
+        let t = h.transfer(order_id, "seller-a").await;
+        assert_eq!(t.status, TransferStatus::Completed);
         assert_eq!(h.counters().transfers_created, 1);
+        assert_eq!(h.counters().requests_to(Endpoint::CreateTransfer), 1);
+        assert_eq!(h.fake.transfers().len(), 1);
+        assert_verify_clean(&h).await;
+    }
+
+    pub async fn transfer_created_then_connection_dropped_is_found_by_reading(
+        make: &impl MakeHarness,
+    ) {
+        let h = make.make(test_config()).await;
+        h.fake
+            .inject_fault(Endpoint::CreateTransfer, Fault::SucceedThenDrop, 1);
+        let order_id = h.paid_order("tr-drop", &ONE_LINE).await;
+        let t = h.transfer(order_id, "seller-a").await;
+        assert_eq!(t.status, TransferStatus::Indeterminate);
+        h.advance(MINUTE);
+        h.run_until_idle().await;
+        let t = h.transfer(order_id, "seller-a").await;
+        assert_eq!((t.status, t.attempt), (TransferStatus::Completed, 1));
+        assert_eq!(h.counters().transfers_created, 1);
+        assert_eq!(h.counters().requests_to(Endpoint::CreateTransfer), 1);
+        assert_verify_clean(&h).await;
+    }
+
+    pub async fn a_pending_payout_whose_key_may_be_gone_is_read_before_paying(
+        make: &impl MakeHarness,
+    ) {
+        let h = make.make(test_config()).await;
+        h.fake
+            .inject_fault(Endpoint::CreateTransfer, Fault::RateLimited, 1);
+        let order_id = h.paid_order("tr-stale-key", &ONE_LINE).await;
+        assert_eq!(
+            h.transfer(order_id, "seller-a").await.status,
+            TransferStatus::Pending
+        );
+        // A process sent the payout and died before recording it; a day
+        // later Stripe has forgotten the key.
+        h.stripe
+            .create_transfer(&payout_request(&h, order_id).await)
+            .await
+            .expect("made by the crashed process");
+        h.fake.prune_idempotency_keys();
+        h.advance(Duration::from_secs(24 * 3_600));
+        h.run_until_idle().await;
+        let t = h.transfer(order_id, "seller-a").await;
+        assert_eq!(t.status, TransferStatus::Completed);
+        assert_eq!(h.counters().transfers_created, 1);
+        // The 429 and the crashed process's call; nothing from the worker.
+        assert_eq!(h.counters().requests_to(Endpoint::CreateTransfer), 2);
+        assert_verify_clean(&h).await;
+    }
+
+    pub async fn operator_retry_of_an_indeterminate_payout_reads_first(make: &impl MakeHarness) {
+        let h = make.make(test_config()).await;
+        // Made, then a 500: the retry finds it.
+        h.fake
+            .inject_fault(Endpoint::CreateTransfer, Fault::SucceedThenStatus(500), 1);
+        let made = h.paid_order("op-found", &ONE_LINE).await;
+        let id = h.transfer(made, "seller-a").await.transfer_id;
+        let retried = h
+            .managers
+            .retry_transfer_now(id, h.now())
+            .await
+            .expect("operator retry");
+        let at_stripe = h.fake.transfers();
+        assert_eq!(retried.from_status, "indeterminate");
+        assert_eq!(retried.status, "completed");
+        assert_eq!(retried.found.as_deref(), Some(at_stripe[0].id.as_str()));
+        assert_eq!(retried.absent, None);
+        // Not made, then a 500: the retry proves absence, the next attempt
+        // pays once.
+        h.fake
+            .inject_fault(Endpoint::CreateTransfer, Fault::Status(500), 1);
+        let lost = h.paid_order("op-absent", &ONE_LINE).await;
+        let id = h.transfer(lost, "seller-a").await.transfer_id;
+        let retried = h
+            .managers
+            .retry_transfer_now(id, h.now())
+            .await
+            .expect("operator retry");
+        assert_eq!(retried.absent, Some(true));
+        assert_eq!((retried.status.as_str(), retried.attempt), ("pending", 2));
+        assert_eq!(retried.found, None);
+        h.run_until_idle().await;
+        assert_eq!(
+            h.transfer(lost, "seller-a").await.status,
+            TransferStatus::Completed
+        );
+        assert_eq!(h.counters().transfers_created, 2);
+        assert_eq!(h.fake.transfers().len(), 2);
+        assert_verify_clean(&h).await;
+    }
+
+    pub async fn two_managers_resolving_one_indeterminate_payout_pay_once(make: &impl MakeHarness) {
+        let h = make.make(test_config()).await;
+        let other = h.second_managers();
+        for (key, fault) in [
+            ("two-found", Fault::SucceedThenStatus(500)),
+            ("two-absent", Fault::Status(500)),
+        ] {
+            h.fake.inject_fault(Endpoint::CreateTransfer, fault, 1);
+            let order_id = h.paid_order(key, &ONE_LINE).await;
+            let t = h.transfer(order_id, "seller-a").await;
+            assert_eq!(t.status, TransferStatus::Indeterminate, "{key}");
+            h.advance(MINUTE);
+            // One process's worker and the other's operator retry read and
+            // record at the same time.
+            let now = h.now();
+            let (worker, operator) = tokio::join!(
+                h.managers.run_worker(WorkerKind::Transfer, now),
+                other.retry_transfer_now(t.transfer_id, now)
+            );
+            worker.expect("worker");
+            operator.expect("operator retry");
+            h.run_until_idle().await;
+            let types = h.event_types(&t.transfer_id.stream_id()).await;
+            assert_eq!(count_of(&types, "TransferCompleted"), 1, "{key}: {types:?}");
+            assert!(
+                count_of(&types, "TransferAttemptAbsent") <= 1,
+                "{key}: {types:?}"
+            );
+            let stripe = h
+                .fake
+                .transfers_with_metadata("transfer_id", &t.transfer_id.to_string());
+            assert_eq!(stripe.len(), 1, "{key}: exactly one transfer at Stripe");
+        }
+        assert_verify_clean(&h).await;
+    }
+
+    pub async fn reversal_created_then_500_is_found_by_reading(make: &impl MakeHarness) {
+        let h = make.make(test_config()).await;
+        let (id, refund_id) = reversal_pending(&h, "rev-made-500").await;
+        h.fake
+            .inject_fault(Endpoint::CreateReversal, Fault::SucceedThenStatus(500), 1);
+        h.run_worker(WorkerKind::Reversal).await;
+        let t = h.transfer_by_id(id).await;
+        assert_eq!(t.status, TransferStatus::ReversalIndeterminate);
+        assert_eq!(h.counters().reversals_created, 1);
+        h.advance(MINUTE);
+        h.run_worker(WorkerKind::Reversal).await;
+        let t = h.transfer_by_id(id).await;
+        assert_eq!(t.status, TransferStatus::Reversed);
+        let stripe = t.stripe_transfer_id.clone().expect("paid");
+        let reversals = h.fake.reversals_of(stripe.as_str());
+        assert_eq!(reversals.len(), 1, "exactly one reversal at Stripe");
+        assert_eq!(t.stripe_reversal_ids[0].as_str(), reversals[0].id);
+        assert_eq!(t.reversed_minor, reversals[0].amount_minor);
+        assert_eq!(
+            reversals[0].metadata.get("refund_id").map(String::as_str),
+            Some(refund_id.to_string().as_str())
+        );
+        assert_eq!(h.counters().requests_to(Endpoint::CreateReversal), 1);
+    }
+
+    pub async fn reversal_lost_without_effect_moves_to_a_new_key_once(make: &impl MakeHarness) {
+        let h = make.make(test_config()).await;
+        let (id, _) = reversal_pending(&h, "rev-lost").await;
+        h.fake
+            .inject_fault(Endpoint::CreateReversal, Fault::Status(502), 1);
+        h.run_worker(WorkerKind::Reversal).await;
+        assert_eq!(
+            h.transfer_by_id(id).await.status,
+            TransferStatus::ReversalIndeterminate
+        );
+        h.advance(MINUTE);
+        h.run_worker(WorkerKind::Reversal).await;
+        let t = h.transfer_by_id(id).await;
+        assert_eq!(t.status, TransferStatus::Reversed);
+        assert_eq!(h.counters().reversals_created, 1);
+        let stripe = t.stripe_transfer_id.clone().expect("paid");
+        let reversals = h.fake.reversals_of(stripe.as_str());
+        assert_eq!(reversals.len(), 1);
+        assert_eq!(
+            reversals[0].metadata.get("attempt").map(String::as_str),
+            Some("2")
+        );
+        let types = h.event_types(&id.stream_id()).await;
+        assert_eq!(count_of(&types, "TransferReversalAttemptAbsent"), 1);
+    }
+
+    pub async fn payment_created_then_500_is_read_not_created_again(make: &impl MakeHarness) {
+        let h = make.make(test_config()).await;
+        h.fake
+            .inject_fault(Endpoint::CreatePayment, Fault::SucceedThenStatus(500), 1);
+        let order_id = h.place_order("pay-made-500", &ONE_LINE).await;
+        h.run_until_idle().await;
+        assert_eq!(h.order(order_id).await.status, OrderStatus::Created);
+        assert_eq!(h.counters().payments_created, 1);
+        h.advance(MINUTE);
+        h.run_until_idle().await;
+        let order = h.order(order_id).await;
+        assert!(order.status.is_paid(), "{}", order.status);
+        assert_eq!(order.payment_id, Some(payment_id_for(order_id)));
+        let c = h.counters();
+        assert_eq!(c.payments_created, 1);
+        assert_eq!(c.requests_to(Endpoint::CreatePayment), 1);
+        assert!(c.requests_to(Endpoint::GetPayment) >= 1);
+        assert_verify_clean(&h).await;
+    }
+
+    pub async fn refund_created_then_500_is_read_not_created_again(make: &impl MakeHarness) {
+        let h = make.make(test_config()).await;
+        let order_id = h.paid_order("ref-made-500", &ONE_LINE).await;
+        h.fake
+            .inject_fault(Endpoint::CreateRefund, Fault::SucceedThenStatus(500), 1);
+        let refund_id = h.request_refund(order_id, "r1", None).await;
+        h.run_until_idle().await;
+        assert_eq!(
+            h.refund(refund_id).await.expect("refund").status,
+            RefundStatus::Requested
+        );
+        assert_eq!(h.counters().refunds_created, 1);
+        h.advance(MINUTE);
+        h.run_until_idle().await;
+        let r = h.refund(refund_id).await.expect("refund");
+        assert_eq!(r.status, RefundStatus::Succeeded);
+        let c = h.counters();
+        assert_eq!(c.refunds_created, 1);
+        assert_eq!(c.requests_to(Endpoint::CreateRefund), 1);
+        let psp = ledger_core::ids::psp_refund_id_for(refund_id);
+        assert_eq!(
+            h.fake.refund(psp.as_str()).map(|f| f.amount_minor),
+            Some(r.amount_minor)
+        );
+        assert_verify_clean(&h).await;
+    }
+
+    pub async fn an_unknown_refund_status_is_one_anomaly_and_no_retry_loop(
+        make: &impl MakeHarness,
+    ) {
+        let mut config = test_config();
+        config.reconcile.refund_stuck_after = MINUTE;
+        let h = make.make(config).await;
+        let order_id = h.paid_order("ref-mystery", &ONE_LINE).await;
+        let refund_id = submitted_refund(&h, order_id, "r1").await;
+        let psp = ledger_core::ids::psp_refund_id_for(refund_id);
+        h.fake
+            .set_refund_status(psp.as_str(), "mystery")
+            .expect("refund at the fake");
+        h.advance(2 * MINUTE);
+        let first = h.reconcile().await;
+        assert_eq!(first.refunds.failures.len(), 1, "{first:#?}");
+        let reads = h.counters().requests_to(Endpoint::GetRefund);
+        h.advance(2 * MINUTE);
+        let second = h.reconcile().await;
+        assert!(second.refunds.failures.is_empty(), "{second:#?}");
+        assert_eq!(second.refunds.skipped, 1);
+        // Not read again, not recorded again, status untouched.
+        assert_eq!(h.counters().requests_to(Endpoint::GetRefund), reads);
+        let types = h.event_types(&refund_id.stream_id()).await;
+        assert_eq!(count_of(&types, "RefundAnomalyRecorded"), 1, "{types:?}");
+        let r = h.refund(refund_id).await.expect("refund");
+        assert_eq!(r.status, RefundStatus::Submitted);
+        assert_eq!(
+            r.anomalies[0].kind,
+            ledger_core::refund::RefundAnomalyKind::UnreadableAnswer
+        );
+    }
+
+    pub async fn a_null_destination_is_one_anomaly_and_no_retry_loop(make: &impl MakeHarness) {
+        let mut config = test_config();
+        config.reconcile.enabled = true;
+        let h = make.make(config).await;
+        h.fake
+            .inject_fault(Endpoint::CreateTransfer, Fault::SucceedThenStatus(500), 1);
+        let order_id = h.paid_order("tr-null-dest", &ONE_LINE).await;
+        let made = h.fake.transfers();
+        h.fake
+            .set_transfer_destination_null(&made[0].id)
+            .expect("transfer at the fake");
+        h.advance(MINUTE);
+        h.run_until_idle().await;
+        // Hours of workers and reconciler passes later: still one read.
+        for _ in 0..3 {
+            h.advance(Duration::from_secs(3_600));
+            h.run_until_idle().await;
+        }
+        let t = h.transfer(order_id, "seller-a").await;
+        assert_eq!(t.status, TransferStatus::Indeterminate);
+        let types = h.event_types(&t.transfer_id.stream_id()).await;
+        assert_eq!(count_of(&types, "TransferAnomalyRecorded"), 1, "{types:?}");
+        assert_eq!(
+            t.anomalies[0],
+            (
+                ledger_core::transfer::TransferAnomalyKind::UnreadableAnswer,
+                Some(made[0].id.clone())
+            )
+        );
+        assert_eq!(h.counters().requests_to(Endpoint::ListTransfers), 1);
+        assert_eq!(h.counters().requests_to(Endpoint::CreateTransfer), 1);
+    }
+
+    pub async fn reconciler_sweeps_indeterminate_payouts(make: &impl MakeHarness) {
+        let h = make.make(test_config()).await;
+        h.fake
+            .inject_fault(Endpoint::CreateTransfer, Fault::SucceedThenStatus(500), 1);
+        let order_id = h.paid_order("sweep", &ONE_LINE).await;
+        // The worker's row is lost (a crash, a wiped work table); only the
+        // sweep is left to notice.
+        h.advance(MINUTE);
+        let young = h.reconcile().await;
+        assert_eq!(
+            young.transfers.looked_at, 0,
+            "younger than the sweep's threshold"
+        );
+        h.advance(super::super::INDETERMINATE_SWEEP_AFTER);
+        let swept = h.reconcile().await;
+        assert_eq!(swept.transfers.actions.len(), 1, "{swept:#?}");
+        let action = &swept.transfers.actions[0];
+        assert_eq!(
+            (action.from_status.as_str(), action.to_status.as_str()),
+            ("indeterminate", "completed")
+        );
+        assert_eq!(
+            action.psp_status.as_deref(),
+            Some(h.fake.transfers()[0].id.as_str())
+        );
+        assert_eq!(
+            h.transfer(order_id, "seller-a").await.status,
+            TransferStatus::Completed
+        );
+        assert_eq!(h.counters().transfers_created, 1);
+    }
+
+    pub async fn provider_reconcile_catches_a_second_payout_and_verify_reports_it(
+        make: &impl MakeHarness,
+    ) {
+        let h = make.make(test_config()).await;
+        let order_id = h.paid_order("double", &TWO_SELLERS).await;
+        let t = h.transfer(order_id, "seller-a").await;
+        let recorded = t.stripe_transfer_id.clone().expect("paid");
+        // The double payout: the same share paid again under another key
+        // (what a blind retry after Stripe pruned the key did).
+        let mut again = payout_request(&h, order_id).await;
+        again.attempt = 9;
+        let second = h
+            .stripe
+            .create_transfer(&again)
+            .await
+            .expect("second payout");
+        let wall = Utc::now();
+        let (from, to) = (wall - TimeDelta::hours(1), wall + TimeDelta::hours(1));
+        let report = h
+            .managers
+            .reconcile_provider(from, to, h.now())
+            .await
+            .expect("provider sweep");
+        assert_eq!(report.transfers_listed, 3);
+        assert_eq!(report.matched, 2, "{report:#?}");
+        assert_eq!(report.anomalies.len(), 1, "{report:#?}");
+        let anomaly = &report.anomalies[0];
+        assert_eq!(anomaly.provider_id, second.id.to_string());
+        assert_eq!(anomaly.kind, "duplicate_at_provider");
+        assert_eq!(
+            anomaly.stream_id,
+            Some(t.transfer_id.stream_id().to_string())
+        );
+        assert!(anomaly.new);
+        assert!(
+            anomaly.detail.contains(recorded.as_str()),
+            "{}",
+            anomaly.detail
+        );
+        // A second sweep finds it again but records nothing new.
+        let again = h
+            .managers
+            .reconcile_provider(from, to, h.now())
+            .await
+            .expect("provider sweep");
+        assert!(!again.anomalies[0].new);
+        let types = h.event_types(&t.transfer_id.stream_id()).await;
+        assert_eq!(count_of(&types, "TransferAnomalyRecorded"), 1);
+        // The ledger's own books still balance, but verify reports the
+        // disagreement with the provider.
+        let verified = verify(h.events.clone(), VerifyOptions::default(), &[], &|_| {})
+            .await
+            .expect("verify");
+        assert_eq!(verified.findings_total, 1, "{:#?}", verified.findings);
+        assert_eq!(
+            verified.findings[0].kind,
+            crate::verify::FindingKind::ProviderMismatch
+        );
+        assert!(verified.findings[0].detail.contains(second.id.as_str()));
     }
 
     // -------------------------------------------------------------- payment
