@@ -155,9 +155,31 @@ async fn a_stored_definitive_error_replays_until_the_caller_moves_the_attempt() 
         .create_transfer(&transfer(4, 0, 500))
         .await
         .unwrap_err();
+    // Stripe stores the first response, errors included, and marks the
+    // replay: a stored 4xx is still a definitive refusal of that key.
+    let (
+        ledger_psp::PspError::Api {
+            status: first_status,
+            code: first_code,
+            signals: first_signals,
+            ..
+        },
+        ledger_psp::PspError::Api {
+            status,
+            code,
+            signals,
+            ..
+        },
+    ) = (&error, &replayed)
+    else {
+        panic!("both answers are API errors: {error:?} / {replayed:?}");
+    };
+    assert_eq!((status, code), (first_status, first_code));
+    assert!(!first_signals.replayed);
+    assert!(signals.replayed, "Idempotent-Replayed: true");
     assert_eq!(
-        replayed, error,
-        "Stripe stores the first response, errors included"
+        replayed.create_outcome(),
+        ledger_psp::CreateOutcome::Refused
     );
 
     let view = client.create_transfer(&transfer(4, 1, 500)).await.unwrap();
