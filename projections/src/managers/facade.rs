@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use ledger_core::ids::TransferId;
 use ledger_core::order::PlacedOrder;
 use ledger_psp::{PaymentGateway, PayoutGateway, PayoutReader, PspStatusReader};
@@ -25,6 +25,13 @@ use super::worker::{CLAIM_LIMIT, WorkerKind, WorkerReport, run_pass};
 use super::{Ctx, ManagerError, payment, transfer};
 use crate::clock::Clock;
 use crate::runtime::{POLL_INTERVAL, Projector, RETRY_DELAY, RuntimeError, Status};
+
+/// How often the running reconciler matches Stripe's transfers against the
+/// ledger (`Managers::reconcile_provider`).
+pub const PROVIDER_SWEEP_INTERVAL: Duration = Duration::from_secs(60 * 60);
+/// The window each of those sweeps lists: two intervals back, so a sweep
+/// that failed or an object created while one ran is seen by the next.
+pub const PROVIDER_SWEEP_WINDOW: Duration = Duration::from_secs(2 * 60 * 60);
 
 /// Tries of one feed's catch-up in `catch_up_feeds` when a batch fails
 /// transiently. A checkpoint moved by another process is settled by one
@@ -340,8 +347,25 @@ impl Managers {
 
     async fn reconcile_loop(&self, cancel: CancellationToken) {
         let interval = self.inner.ctx.config.reconcile.interval;
+        let mut provider_swept_at: Option<DateTime<Utc>> = None;
         while !cancel.is_cancelled() {
             let now = self.inner.ctx.clock.now();
+            // Stripe's records against the ledger's, once per
+            // `PROVIDER_SWEEP_INTERVAL`, over a window that overlaps the
+            // last one (an object created during a sweep is seen by the next).
+            let due = provider_swept_at.is_none_or(|at| {
+                now - at >= TimeDelta::from_std(PROVIDER_SWEEP_INTERVAL).unwrap_or(TimeDelta::MAX)
+            });
+            if due {
+                let from = super::before(now, PROVIDER_SWEEP_WINDOW);
+                match self.reconcile_provider(from, now, now).await {
+                    Ok(_) => provider_swept_at = Some(now),
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "reconcile provider: sweep failed; will retry next tick"
+                    ),
+                }
+            }
             match self.reconcile_once(now).await {
                 // Each action already logged its own line; the summary only
                 // shows the sweep is alive.

@@ -59,7 +59,10 @@ use crate::clock::Clock;
 
 pub use candidates::{QueryCandidates, StreamScanCandidates, StuckCandidates, StuckRow};
 pub use config::*;
-pub use facade::{FEED_ATTEMPTS_MAX, ManagerDeps, Managers, RunReport};
+pub use facade::{
+    FEED_ATTEMPTS_MAX, ManagerDeps, Managers, PROVIDER_SWEEP_INTERVAL, PROVIDER_SWEEP_WINDOW,
+    RunReport,
+};
 pub use feed::{FEED_BATCH, FeedKind, WorkFeed};
 pub use ledger_store::work::{MemoryWorkStore, WorkItem, WorkOrder};
 pub use reconcile::{
