@@ -21,6 +21,7 @@ use ledger_projections::managers::{ProviderReport, ReconcileReport};
 use ledger_projections::readmodel::{ReadModel, ReadModelProjection};
 use ledger_projections::runtime::Projector;
 
+use crate::config::PspMode;
 use crate::managers::{PspLink, WorkerMode};
 use crate::serve::{Ports, load_config};
 use crate::store::{Backend, StoreUrl};
@@ -30,8 +31,10 @@ pub const PROVIDER_WINDOW_DEFAULT: Duration = Duration::from_secs(24 * 60 * 60);
 /// The longest window one provider reconcile may list.
 pub const PROVIDER_WINDOW_MAX: Duration = Duration::from_secs(31 * 24 * 60 * 60);
 
-/// `[from, to)` of a provider reconcile: `to` defaults to `now`, `from` to
-/// `to − since` (`since` defaults to [`PROVIDER_WINDOW_DEFAULT`]). `Err`
+/// `[from, to)` of a provider reconcile: `to` defaults to the end of
+/// `now`'s second (Stripe's `created` is whole seconds and `to` is
+/// exclusive, so a transfer made this second is in), `from` to `to − since`
+/// (`since` defaults to [`PROVIDER_WINDOW_DEFAULT`]). `Err`
 /// says why the window is refused: `from` not before `to`, or longer than
 /// [`PROVIDER_WINDOW_MAX`].
 pub fn provider_window(
@@ -41,7 +44,15 @@ pub fn provider_window(
     now: DateTime<Utc>,
 ) -> Result<(DateTime<Utc>, DateTime<Utc>), String> {
     let max = TimeDelta::from_std(PROVIDER_WINDOW_MAX).unwrap_or(TimeDelta::MAX);
-    let to = to.unwrap_or(now);
+    let to = match to {
+        Some(to) => to,
+        None => {
+            let second = DateTime::<Utc>::from_timestamp(now.timestamp(), 0).unwrap_or(now);
+            second
+                .checked_add_signed(TimeDelta::seconds(1))
+                .unwrap_or(now)
+        }
+    };
     let from = match from {
         Some(from) => from,
         None => {
@@ -170,6 +181,10 @@ async fn provider_pass(
             return Ok(ExitCode::from(2));
         }
     };
+    if config.hyperswitch.enabled && config.psp_mode == PspMode::Fake {
+        eprintln!("{PROVIDER_FAKE_REFUSAL}");
+        return Ok(ExitCode::from(2));
+    }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let Some(link) = PspLink::connect(&config, None, WorkerMode::Manual, clock.clone()).await?
     else {
@@ -180,14 +195,7 @@ async fn provider_pass(
         return Ok(ExitCode::from(2));
     };
     if link.fake.is_some() {
-        eprintln!(
-            "ledger reconcile --provider: no PSP keys are set, so this would ask an empty PSP fake. In development \
-             the fake's transfers live inside the running `ledger serve`; ask it instead:\n  \
-             curl -X POST -H \"Authorization: Bearer $LEDGER_ADMIN_TOKEN\" -H 'Idempotency-Key: provider-'$(date +%s) \
-             http://127.0.0.1:8080/v1/admin/reconcile/provider\n\
-             (optional body {{\"from\": RFC3339, \"to\": RFC3339}}), or set HYPERSWITCH_API_KEY, HYPERSWITCH_BASE_URL, \
-             STRIPE_SECRET_KEY and STRIPE_BASE_URL."
-        );
+        eprintln!("{PROVIDER_FAKE_REFUSAL}");
         return Ok(ExitCode::from(2));
     }
     let url = StoreUrl::parse(config.database_url.as_deref())?;
@@ -206,6 +214,14 @@ async fn provider_pass(
         ExitCode::from(1)
     })
 }
+
+/// Why `--provider` does not ask the in-process fake, and what to do.
+const PROVIDER_FAKE_REFUSAL: &str = "ledger reconcile --provider: no PSP keys are set, so this would ask an empty PSP fake. \
+    In development the fake's transfers live inside the running `ledger serve`; ask it instead:\n  \
+    curl -X POST -H \"Authorization: Bearer $LEDGER_ADMIN_TOKEN\" -H 'Idempotency-Key: provider-'$(date +%s) \
+    http://127.0.0.1:8080/v1/admin/reconcile/provider\n\
+    (optional body {\"from\": RFC3339, \"to\": RFC3339}), or set HYPERSWITCH_API_KEY, HYPERSWITCH_BASE_URL, \
+    STRIPE_SECRET_KEY and STRIPE_BASE_URL.";
 
 /// One `ANOMALY` line per anomaly, then the summary line.
 pub fn provider_lines(report: &ProviderReport, from: DateTime<Utc>, to: DateTime<Utc>) -> String {
@@ -265,13 +281,19 @@ mod tests {
     #[test]
     fn the_window_defaults_to_the_last_24_hours_and_is_bounded() {
         let now = at(12);
+        // `to` is exclusive: the end of now's second.
+        let end = now + TimeDelta::seconds(1);
         assert_eq!(
             provider_window(None, None, None, now),
-            Ok((now - TimeDelta::hours(24), now))
+            Ok((end - TimeDelta::hours(24), end))
+        );
+        assert_eq!(
+            provider_window(None, None, None, now + TimeDelta::milliseconds(250)),
+            Ok((end - TimeDelta::hours(24), end))
         );
         assert_eq!(
             provider_window(None, None, Some(Duration::from_secs(3_600)), now),
-            Ok((at(11), now))
+            Ok((at(11) + TimeDelta::seconds(1), end))
         );
         assert_eq!(
             provider_window(Some(at(1)), Some(at(2)), None, now),
