@@ -183,8 +183,7 @@ async fn a_duplicate_at_stripe_is_an_anomaly_verify_reports(kind: Kind) {
     let transfer_id =
         TransferId(uuid::Uuid::parse_str(t["transfer_id"].as_str().unwrap()).unwrap());
 
-    // A minute later (a window ends before `now`'s second: `created[lt]`),
-    // nothing to report yet.
+    // A minute later, nothing to report yet.
     app.advance(Duration::from_secs(60));
     let r = admin_with(&app, "/v1/admin/reconcile/provider", "").await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -274,6 +273,64 @@ async fn a_duplicate_at_stripe_is_an_anomaly_verify_reports(kind: Kind) {
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["transfers_listed"], 0, "{}", r.text());
+
+    // `ledger reconcile --provider` (the real binary) against this Stripe:
+    // the anomaly again (already recorded), exit 1. Without keys it refuses
+    // the empty fake and names the route, exit 2.
+    let fake_url = app.server().fake_base_url().unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let cli = |keys: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ledger-e2e"));
+        cmd.args([
+            "reconcile",
+            "--provider",
+            "--from",
+            "2026-11-27T00:00:00Z",
+            "--to",
+            "2026-11-28T00:00:00Z",
+        ])
+        .env("DATABASE_URL", &app.database_url)
+        .env("RUST_LOG", "warn")
+        .current_dir(cwd.path());
+        if keys {
+            cmd.env(
+                "HYPERSWITCH_API_KEY",
+                ledger_psp_fake::FAKE_HYPERSWITCH_API_KEY,
+            )
+            .env("HYPERSWITCH_BASE_URL", format!("{fake_url}/hs"))
+            .env("STRIPE_SECRET_KEY", FAKE_STRIPE_SECRET_KEY)
+            .env("STRIPE_BASE_URL", format!("{fake_url}/stripe"));
+        }
+        cmd.output().expect("spawn ledger")
+    };
+    let found = cli(true);
+    let out = common::stdout(&found);
+    assert_eq!(
+        found.status.code(),
+        Some(1),
+        "{out}\n{}",
+        common::stderr(&found)
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with(&format!(
+            "ANOMALY duplicate_at_provider {}",
+            second.id.as_str()
+        ))),
+        "{out}"
+    );
+    assert!(out.contains("1 anomalies (0 new)"), "{out}");
+    let refused = cli(false);
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "{}",
+        common::stdout(&refused)
+    );
+    assert!(
+        common::stderr(&refused).contains("/v1/admin/reconcile/provider"),
+        "{}",
+        common::stderr(&refused)
+    );
 
     // The server stops; its store (and SQLite file) stays for the binary.
     let mut app = app;
