@@ -59,15 +59,48 @@ pub enum Command {
     Project(ProjectArgs),
     /// Force-sync stuck orders and refunds with the PSP and fail orphan
     /// refunds (RECONCILE_*): one pass with `--once`, else every
-    /// RECONCILE_INTERVAL until Ctrl-C. Needs real PSP keys.
+    /// RECONCILE_INTERVAL until Ctrl-C. With `--provider`: match Stripe's
+    /// transfers of a window against the ledger (exit 0 clean, 1 anomalies,
+    /// 2 error). Needs real PSP keys.
     Reconcile(ReconcileArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
     /// Run one pass, print what it did, exit.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "provider")]
     pub once: bool,
+    /// List Stripe's transfers created in a window (default the last 24
+    /// hours) and their reversals, and match each against the ledger: one
+    /// ANOMALY line per disagreement (recorded on the share's stream), then
+    /// a summary. Exit 0 clean, 1 anomalies, 2 error.
+    #[arg(long)]
+    pub provider: bool,
+    /// With --provider: the window is this long, up to now (`24h`, `90m`;
+    /// at most 31 days).
+    #[arg(long, requires = "provider", conflicts_with_all = ["from", "to"], value_parser = parse_since)]
+    pub since: Option<Duration>,
+    /// With --provider: the window's start (RFC3339, inclusive); default
+    /// 24 hours before --to.
+    #[arg(long, requires = "provider", value_parser = parse_instant)]
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    /// With --provider: the window's end (RFC3339, exclusive); default now.
+    #[arg(long, requires = "provider", value_parser = parse_instant)]
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn parse_since(value: &str) -> Result<Duration, String> {
+    match crate::config::parse_go_duration(value) {
+        Ok(d) if d.is_zero() => Err("the window cannot be empty".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e} (e.g. 24h, 90m)")),
+    }
+}
+
+fn parse_instant(value: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(value.trim())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("not an RFC3339 time ({e}), e.g. 2026-12-08T00:00:00Z"))
 }
 
 #[derive(Debug, Args)]
@@ -235,6 +268,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::rebuild::run(&backend, &args.projection).await
         }
         Command::Serve => crate::serve::run(database_url).await,
+        Command::Reconcile(args) if args.provider => Ok(crate::reconcile::run_provider(
+            database_url,
+            crate::reconcile::ProviderArgs {
+                since: args.since,
+                from: args.from,
+                to: args.to,
+            },
+        )
+        .await),
         Command::Reconcile(args) => crate::reconcile::run(database_url, args.once).await,
         Command::Project(args) => {
             let (_, backend) = open_migrated(database_url).await?;

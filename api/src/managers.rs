@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use ledger_core::ids::TransferId;
 use ledger_core::order::PlacedOrder;
 use ledger_core::transfer::RetryPolicy;
@@ -23,7 +24,7 @@ use ledger_projections::managers::{
 };
 use ledger_psp::{HyperswitchClient, PaymentGateway, PayoutGateway, Secret, StripeClient};
 use ledger_psp_fake::{
-    FAKE_HYPERSWITCH_API_KEY, FAKE_STRIPE_SECRET_KEY, FakeConfig, FakeHandle, FakePsp,
+    FAKE_HYPERSWITCH_API_KEY, FAKE_STRIPE_SECRET_KEY, FakeClock, FakeConfig, FakeHandle, FakePsp,
     WebhookTarget,
 };
 
@@ -71,9 +72,22 @@ impl std::fmt::Debug for PspLink {
     }
 }
 
+/// The fake reads this process's clock, so the objects it creates carry the
+/// same time the ledger records (a test's manual clock included), and a
+/// provider reconcile's window finds them.
+#[derive(Debug)]
+struct SharedClock(Arc<dyn Clock>);
+
+impl FakeClock for SharedClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.0.now()
+    }
+}
+
 impl PspLink {
     /// The real PSPs, or the fake on a loopback port. `webhook` is where the
-    /// fake delivers (this process's webhook URL and signing key).
+    /// fake delivers (this process's webhook URL and signing key); `clock`
+    /// is the fake's clock.
     ///
     /// `Ok(None)` when payments are switched off (`HYPERSWITCH_ENABLED=false`)
     /// or a real PSP has no key: the managers cannot run, and the caller says
@@ -82,6 +96,7 @@ impl PspLink {
         config: &Config,
         webhook: Option<WebhookTarget>,
         mode: WorkerMode,
+        clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Option<PspLink>> {
         if !config.hyperswitch.enabled {
             return Ok(None);
@@ -91,10 +106,16 @@ impl PspLink {
                 let fake = FakePsp::start(FakeConfig {
                     webhook_target: webhook,
                     auto_deliver_webhooks: mode == WorkerMode::Background,
+                    clock: Arc::new(SharedClock(clock)),
                     ..FakeConfig::default()
                 })
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot start the PSP fake on loopback: {e}"))?;
+                tracing::info!(
+                    base_url = %fake.base_url(),
+                    "psp fake listening: Hyperswitch under /hs, Stripe under /stripe, control under /_fake (e.g. POST {}/_fake/faults)",
+                    fake.base_url()
+                );
                 let payments = hyperswitch(
                     fake.hyperswitch_base_url(),
                     Secret::new(FAKE_HYPERSWITCH_API_KEY),
@@ -254,7 +275,9 @@ impl ManagerOps {
 }
 
 /// A manager failure as an HTTP answer: an unknown transfer is 404, a
-/// transition the core refuses is 409, a PSP or store outage is 503.
+/// transition the core refuses is 409, a PSP or store outage (a transient
+/// error: the PSP read failed, timed out or was rate limited) is 503 with
+/// `Retry-After`.
 fn admin_error(e: ManagerError) -> ApiError {
     match e {
         ManagerError::NotFound(what) => {
@@ -293,6 +316,24 @@ impl AdminOps for ManagerOps {
             "transfer retry requested by an operator"
         );
         to_json(&retried)
+    }
+
+    async fn reconcile_provider(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        request_id: &str,
+    ) -> Result<serde_json::Value, ApiError> {
+        let report = self
+            .managers
+            .reconcile_provider(from, to, self.clock.now())
+            .await
+            .map_err(admin_error)?;
+        tracing::info!(
+            request_id, from = %from, to = %to, anomalies = report.anomalies.len(),
+            "provider reconcile requested by an operator"
+        );
+        to_json(&report)
     }
 
     async fn reconcile_once(&self, request_id: &str) -> Result<serde_json::Value, ApiError> {

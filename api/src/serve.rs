@@ -261,7 +261,9 @@ pub async fn start(
     let addr = listener.local_addr().context("listener address")?;
     let webhook = own_webhook_target(addr, settings.webhook_key.as_ref());
     let mut projections = vec![projection_status];
-    let (managers, fake) = match PspLink::connect(config, Some(webhook), mode).await? {
+    let (managers, fake) = match PspLink::connect(config, Some(webhook), mode, clock.clone())
+        .await?
+    {
         Some(link) => {
             let managers = link.managers(&ports, config, clock.clone(), "serve");
             projections.extend(managers.feed_status());
@@ -398,6 +400,9 @@ pub async fn run(database_url: Option<&str>) -> anyhow::Result<ExitCode> {
     )
     .await?;
     println!("ledger listening on http://{}", server.addr);
+    if let Some(fake) = server.fake_base_url() {
+        println!("psp fake on {fake} (control API: {fake}/_fake, e.g. POST {fake}/_fake/faults)");
+    }
     let cancel = server.cancel_token();
     tokio::spawn(async move {
         signal().await;

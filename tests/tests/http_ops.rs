@@ -28,7 +28,7 @@ http_tests!(
 );
 
 /// Every route the router serves, as `(method, OpenAPI path)`.
-const ROUTES: [(&str, &str); 16] = [
+const ROUTES: [(&str, &str); 18] = [
     ("post", "/v1/orders"),
     ("get", "/v1/orders"),
     ("get", "/v1/orders/{id}"),
@@ -36,11 +36,13 @@ const ROUTES: [(&str, &str); 16] = [
     ("get", "/v1/orders/{id}/events"),
     ("get", "/v1/refunds/{id}"),
     ("get", "/v1/transfers"),
+    ("get", "/v1/transfers/{id}"),
     ("get", "/v1/sellers/{id}/balance"),
     ("get", "/v1/ledger/trial-balance"),
     ("get", "/v1/anomalies"),
     ("post", "/v1/admin/transfers/{id}/retry"),
     ("post", "/v1/admin/reconcile"),
+    ("post", "/v1/admin/reconcile/provider"),
     ("post", "/webhooks/hyperswitch"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -230,6 +232,61 @@ async fn openapi_lists_exactly_the_routes_the_router_serves(kind: Kind) {
             "POST /v1/orders lacks {status}"
         );
     }
+
+    // Transfer statuses: one enum, the core's, with the indeterminate ones;
+    // the retry answer documents what a read of Stripe found.
+    let statuses = schemas["TransferStatusName"]["enum"].as_array().unwrap();
+    for status in ["reversal_failed", "indeterminate", "reversal_indeterminate"] {
+        assert!(statuses.contains(&json!(status)), "{statuses:?}");
+    }
+    let retried = &schemas["TransferRetried"]["properties"];
+    for field in [
+        "transfer_id",
+        "from_status",
+        "status",
+        "attempt",
+        "found",
+        "absent",
+        "anomaly",
+    ] {
+        assert!(
+            retried.get(field).is_some(),
+            "TransferRetried.{field}: {retried}"
+        );
+    }
+    let retry = &doc["paths"]["/v1/admin/transfers/{id}/retry"]["post"];
+    assert!(
+        retry["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+            .as_str()
+            .is_some_and(|r| r.ends_with("/TransferRetried")),
+        "{retry}"
+    );
+    assert!(
+        retry["responses"]["503"]["headers"]
+            .get("Retry-After")
+            .is_some(),
+        "{retry}"
+    );
+    let list = &doc["paths"]["/v1/transfers"]["get"]["parameters"];
+    assert!(list.to_string().contains("TransferStatusName"), "{list}");
+    let provider = &doc["paths"]["/v1/admin/reconcile/provider"]["post"];
+    for status in ["200", "400", "401", "403", "422", "501", "503"] {
+        assert!(
+            provider["responses"].get(status).is_some(),
+            "POST /v1/admin/reconcile/provider lacks {status}: {provider}"
+        );
+    }
+    assert!(
+        provider["requestBody"]
+            .to_string()
+            .contains("ProviderReconcileRequest"),
+        "{provider}"
+    );
+    assert!(
+        schemas["ProviderReconciled"]["properties"]
+            .get("anomalies")
+            .is_some()
+    );
 }
 
 async fn every_response_carries_a_request_id(kind: Kind) {

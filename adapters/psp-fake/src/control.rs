@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{FakeError, FakePsp};
+use super::{Endpoint, FAULT_TIMES_MAX, FakeError, FakePsp, Fault};
 
 pub(super) fn routes() -> Router<FakePsp> {
     Router::new()
@@ -33,6 +33,7 @@ pub(super) fn routes() -> Router<FakePsp> {
         .route("/webhooks/deliver", post(deliver))
         .route("/webhooks/release", post(release))
         .route("/counters", get(counters))
+        .route("/faults", post(inject_fault).delete(clear_faults))
 }
 
 #[derive(Deserialize)]
@@ -50,6 +51,90 @@ struct TargetBody {
 #[serde(deny_unknown_fields)]
 struct PruneBody {
     older_than_secs: Option<u64>,
+}
+
+/// `POST /_fake/faults` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultBody {
+    endpoint: Endpoint,
+    fault: FaultKind,
+    status: Option<u16>,
+    times: Option<u32>,
+}
+
+/// The faults the HTTP surface can queue (the in-process API has more).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum FaultKind {
+    SucceedThenStatus,
+    SucceedThenDrop,
+    Status,
+    RateLimited,
+    Hang,
+    HangAfterCommit,
+}
+
+/// A `FaultBody` as the fault and its count, or why it is refused.
+fn fault_of(body: &FaultBody) -> Result<(Fault, u32), String> {
+    let times = body.times.unwrap_or(1);
+    if !(1..=FAULT_TIMES_MAX).contains(&times) {
+        return Err(format!("times must be 1 to {FAULT_TIMES_MAX}, not {times}"));
+    }
+    let needs_status = matches!(body.fault, FaultKind::Status | FaultKind::SucceedThenStatus);
+    let fault = match (body.fault, body.status) {
+        (FaultKind::Status | FaultKind::SucceedThenStatus, None) => {
+            return Err(
+                "status (an HTTP error status, 400 to 599) is required for this fault".to_owned(),
+            );
+        }
+        (_, Some(status)) if !needs_status => {
+            return Err(format!(
+                "status {status} is only accepted with the status and succeed_then_status faults"
+            ));
+        }
+        (_, Some(status)) if !(400..=599).contains(&status) => {
+            return Err(format!(
+                "status must be an HTTP error status, 400 to 599, not {status}"
+            ));
+        }
+        (FaultKind::Status, Some(status)) => Fault::Status(status),
+        (FaultKind::SucceedThenStatus, Some(status)) => Fault::SucceedThenStatus(status),
+        (FaultKind::SucceedThenDrop, _) => Fault::SucceedThenDrop,
+        (FaultKind::RateLimited, _) => Fault::RateLimited,
+        (FaultKind::Hang, _) => Fault::Hang,
+        (FaultKind::HangAfterCommit, _) => Fault::HangAfterCommit,
+    };
+    Ok((fault, times))
+}
+
+fn bad_request(message: impl Into<String>) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({ "error": message.into() })),
+    )
+        .into_response()
+}
+
+/// Queues `times` faults on `endpoint` (after any already queued).
+async fn inject_fault(State(psp): State<FakePsp>, body: Bytes) -> Response {
+    let request = match serde_json::from_slice::<FaultBody>(&body) {
+        Ok(request) => request,
+        Err(error) => return bad_request(error.to_string()),
+    };
+    match fault_of(&request) {
+        Ok((fault, times)) => {
+            tracing::info!(endpoint = ?request.endpoint, ?fault, times, "psp fake: fault queued");
+            psp.inject_fault(request.endpoint, fault, times);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(message) => bad_request(message),
+    }
+}
+
+async fn clear_faults(State(psp): State<FakePsp>) -> StatusCode {
+    psp.clear_faults();
+    StatusCode::NO_CONTENT
 }
 
 fn outcome(result: Result<serde_json::Value, FakeError>) -> Response {

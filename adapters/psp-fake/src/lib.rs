@@ -48,6 +48,11 @@
 //!   `{"older_than_secs": n}`: `{"pruned": n}`.
 //! - `POST /_fake/webhooks/target {"url","key"}`, `POST /_fake/webhooks/deliver`,
 //!   `POST /_fake/webhooks/release`, `GET /_fake/counters`.
+//! - `POST /_fake/faults {"endpoint","fault","status"?,"times"?}` queues a
+//!   [`Fault`] on an [`Endpoint`] (both snake_case; `status` for the
+//!   `status` and `succeed_then_status` kinds only; `times` 1 to
+//!   [`FAULT_TIMES_MAX`], default 1): 204. `DELETE /_fake/faults` clears
+//!   every queued fault: 204.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
@@ -67,7 +72,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::Router;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use state::FakeState;
@@ -89,6 +94,8 @@ pub const WEBHOOK_DELIVERY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 /// Emitted webhooks kept for inspection; oldest dropped first. Bounds the
 /// memory of a long-running dev fake.
 pub const EMITTED_WEBHOOKS_MAX: usize = 10_000;
+/// Most faults one `POST /_fake/faults` may queue (each is kept in memory).
+pub const FAULT_TIMES_MAX: u32 = 1_000;
 /// `Retry-After` (seconds) on an injected 429.
 pub const RETRY_AFTER_SECS: u32 = 1;
 /// The `connector` the fake reports unless configured otherwise.
@@ -127,7 +134,7 @@ pub enum DeliveryMode {
 }
 
 /// One fake API endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Endpoint {
     /// Hyperswitch `POST /payments`.

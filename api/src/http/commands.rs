@@ -585,7 +585,55 @@ fn admin_ops(state: &AppState) -> Result<&dyn super::AdminOps, ApiError> {
         })
 }
 
-/// Send a failed or permanently failed transfer back to `pending` now.
+/// A seller transfer's status, as the read models and the admin routes
+/// spell it (`ledger_core::transfer::TransferStatus`).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferStatusName {
+    Pending,
+    Completed,
+    Failed,
+    PermanentlyFailed,
+    Cancelled,
+    ReversalPending,
+    PartiallyReversed,
+    Reversed,
+    ReversalFailed,
+    /// A Stripe create's answer was lost: the payout may or may not exist
+    /// until a read of Stripe says which.
+    Indeterminate,
+    /// The same for a reversal.
+    ReversalIndeterminate,
+}
+
+/// `POST /v1/admin/transfers/{id}/retry` answer (the managers'
+/// `RetriedTransfer`; documentation only, the JSON comes from there).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransferRetried {
+    pub transfer_id: String,
+    pub from_status: TransferStatusName,
+    pub status: TransferStatusName,
+    /// The Stripe attempt (the idempotency key's counter) the next call uses.
+    pub attempt: u32,
+    /// Only after an `indeterminate` / `reversal_indeterminate` transfer:
+    /// the read of Stripe found this object (`tr_…` or `trr_…`) and the
+    /// ledger recorded it.
+    pub found: Option<String>,
+    /// Only after an `indeterminate` one: the read proved the last attempt
+    /// made nothing; `attempt` is the next one, already queued.
+    pub absent: Option<bool>,
+    /// Only after an `indeterminate` one: the read found something the
+    /// ledger cannot record; the anomaly's kind (`amount_mismatch`,
+    /// `duplicate_at_provider`, `unknown_at_provider`, `unreadable_answer`,
+    /// `paid_while_not_owed`), listed by `GET /v1/anomalies`.
+    pub anomaly: Option<String>,
+}
+
+/// Retry a transfer now. An `indeterminate` (or `reversal_indeterminate`)
+/// one is read at Stripe first and never sent again before that: found →
+/// recorded (`found`), proven absent → a new attempt under a new key
+/// (`absent`), anything else → an anomaly for an operator (`anomaly`). A
+/// `failed` or `permanently_failed` one goes back to `pending`.
 #[utoipa::path(
     post, path = "/v1/admin/transfers/{id}/retry", tag = "admin",
     params(
@@ -593,10 +641,12 @@ fn admin_ops(state: &AppState) -> Result<&dyn super::AdminOps, ApiError> {
         ("Idempotency-Key" = String, Header, description = "unique per command")
     ),
     responses(
-        (status = 200, description = "the transfer after the retry was recorded"),
+        (status = 200, description = "the transfer after the retry was recorded", body = TransferRetried),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 501, body = ErrorBody)
+        (status = 409, body = ErrorBody), (status = 501, body = ErrorBody),
+        (status = 503, description = "Stripe (or the store) could not be read now; nothing was decided", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "seconds to wait before retrying with the same Idempotency-Key")))
     ),
     security(("bearer" = []))
 )]
@@ -627,6 +677,105 @@ pub async fn retry_transfer(
     .await)
 }
 
+/// `POST /v1/admin/reconcile/provider` body; both optional.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderReconcileRequest {
+    /// RFC3339, inclusive; default `to` − 24h.
+    pub from: Option<String>,
+    /// RFC3339, exclusive; default now.
+    pub to: Option<String>,
+}
+
+/// `POST /v1/admin/reconcile/provider` answer (the managers'
+/// `ProviderReport`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderReconciled {
+    /// `created[gte]` of the window, unix seconds.
+    pub from: i64,
+    /// `created[lt]` of the window, unix seconds.
+    pub to: i64,
+    pub transfers_listed: u32,
+    pub reversals_listed: u32,
+    /// Objects that match what the ledger records.
+    pub matched: u32,
+    /// Objects the ledger is still working on (not anomalies).
+    pub in_flight: u32,
+    pub anomalies: Vec<ProviderAnomalyBody>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderAnomalyBody {
+    /// `tr_…` or `trr_…`.
+    pub provider_id: String,
+    /// The share's stream, when the object names one the ledger has.
+    pub stream_id: Option<String>,
+    /// `amount_mismatch`, `duplicate_at_provider`, `unknown_at_provider`, …
+    pub kind: String,
+    pub detail: String,
+    /// False when an earlier sweep recorded this anomaly already.
+    pub new: bool,
+}
+
+/// List Stripe's transfers created in a window (default the last 24 hours,
+/// at most 31 days) and their reversals, and match each against the ledger.
+/// Every disagreement is recorded as an anomaly on the share's stream
+/// (`GET /v1/anomalies`, `ledger verify`). Read-only at Stripe.
+#[utoipa::path(
+    post, path = "/v1/admin/reconcile/provider", tag = "admin",
+    params(("Idempotency-Key" = String, Header, description = "unique per command")),
+    request_body(content = Option<ProviderReconcileRequest>, description = "optional; an empty body is the last 24 hours"),
+    responses(
+        (status = 200, description = "the window's objects matched against the ledger", body = ProviderReconciled),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 422, description = "`invalid_window`: from must be before to, at most 31 days apart", body = ErrorBody),
+        (status = 501, body = ErrorBody),
+        (status = 503, description = "Stripe (or the store) could not be read now", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "seconds to wait before retrying")))
+    ),
+    security(("bearer" = []))
+)]
+pub async fn reconcile_provider(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody<COMMAND_BODY_MAX>,
+) -> Result<Response, ApiError> {
+    let key = idempotency::key_of(&headers)?;
+    let request: ProviderReconcileRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ProviderReconcileRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    let instant = |name: &str, value: Option<&str>| {
+        value
+            .map(|v| {
+                chrono::DateTime::parse_from_rfc3339(v.trim())
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .map_err(|e| {
+                        ApiError::bad_request(
+                            "invalid_request",
+                            format!("{name}: {v:?} is not an RFC3339 time ({e})"),
+                        )
+                    })
+            })
+            .transpose()
+    };
+    let from = instant("from", request.from.as_deref())?;
+    let to = instant("to", request.to.as_deref())?;
+    let (from, to) = crate::reconcile::provider_window(from, to, None, state.clock.now())
+        .map_err(|message| ApiError::unprocessable("invalid_window", message))?;
+    let ops = admin_ops(&state)?;
+    let scope = format!("{}:POST /v1/admin/reconcile/provider", principal.as_str());
+    Ok(idempotency::run(&state, &scope, &key, &body, || async {
+        let value = ops.reconcile_provider(from, to, &request_id).await?;
+        JsonReply::new(StatusCode::OK, &value)
+    })
+    .await)
+}
+
 /// Run one reconciler pass now and report what it did.
 #[utoipa::path(
     post, path = "/v1/admin/reconcile", tag = "admin",
@@ -634,7 +783,9 @@ pub async fn retry_transfer(
     responses(
         (status = 200, description = "what the pass did, per stuck class"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 501, body = ErrorBody)
+        (status = 403, body = ErrorBody), (status = 501, body = ErrorBody),
+        (status = 503, description = "a PSP or the store could not be read now", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "seconds to wait before retrying")))
     ),
     security(("bearer" = []))
 )]
@@ -653,4 +804,31 @@ pub async fn reconcile(
         JsonReply::new(StatusCode::OK, &value)
     })
     .await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ledger_core::transfer::TransferStatus;
+
+    /// The documented enum is the core's, status for status.
+    #[test]
+    fn the_documented_transfer_statuses_are_the_cores() {
+        let documented = [
+            TransferStatusName::Pending,
+            TransferStatusName::Completed,
+            TransferStatusName::Failed,
+            TransferStatusName::PermanentlyFailed,
+            TransferStatusName::Cancelled,
+            TransferStatusName::ReversalPending,
+            TransferStatusName::PartiallyReversed,
+            TransferStatusName::Reversed,
+            TransferStatusName::ReversalFailed,
+            TransferStatusName::Indeterminate,
+            TransferStatusName::ReversalIndeterminate,
+        ]
+        .map(|s| serde_json::to_value(s).unwrap());
+        let core = TransferStatus::ALL.map(|s| serde_json::Value::from(s.as_str()));
+        assert_eq!(documented, core);
+    }
 }

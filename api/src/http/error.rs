@@ -10,6 +10,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+/// `Retry-After` (seconds) on every 503 [`ApiError::Unavailable`]: a
+/// dependency (the database, a PSP) failed in a way a later try can fix.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u32 = 5;
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
@@ -48,7 +52,8 @@ pub enum ApiError {
     Unprocessable { code: &'static str, message: String },
     #[error("{message}")]
     NotImplemented { message: String },
-    /// 503: a dependency is down; retrying later can succeed.
+    /// 503: a dependency is down; retrying later can succeed. Answered
+    /// with `Retry-After`.
     #[error("{message}")]
     Unavailable { message: String },
     #[error("request timed out")]
@@ -162,10 +167,19 @@ impl IntoResponse for ApiError {
             );
         }
         let mut response = (status, Json(self.body())).into_response();
-        if matches!(self, ApiError::Unauthorized { .. }) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        match self {
+            ApiError::Unauthorized { .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::Unavailable { .. } => {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS),
+                );
+            }
+            _ => {}
         }
         response
     }

@@ -68,6 +68,14 @@ pub trait AdminOps: Send + Sync + std::fmt::Debug {
         request_id: &str,
     ) -> Result<serde_json::Value, ApiError>;
     async fn reconcile_once(&self, request_id: &str) -> Result<serde_json::Value, ApiError>;
+    /// Stripe's transfers created in `[from, to)` matched against the
+    /// ledger (a `ProviderReport`).
+    async fn reconcile_provider(
+        &self,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+        request_id: &str,
+    ) -> Result<serde_json::Value, ApiError>;
 }
 
 /// What `POST /v1/orders` learned from the PSP within its deadline.
@@ -320,6 +328,7 @@ pub fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) 
     let admin = OpenApiRouter::new()
         .routes(routes!(commands::retry_transfer))
         .routes(routes!(commands::reconcile))
+        .routes(routes!(commands::reconcile_provider))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_admin,
@@ -331,6 +340,7 @@ pub fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) 
         .routes(routes!(queries::order_events))
         .routes(routes!(queries::get_refund))
         .routes(routes!(queries::list_transfers))
+        .routes(routes!(queries::get_transfer))
         .routes(routes!(queries::seller_balance))
         .routes(routes!(queries::trial_balance))
         .routes(routes!(queries::anomalies))

@@ -9,6 +9,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use chrono::{DateTime, SecondsFormat, Utc};
 use ledger_core::ids::StreamId;
+use ledger_core::transfer::TransferStatus;
 use ledger_projections::query::SqlParam;
 use ledger_projections::readmodel::Dialect;
 use serde::Deserialize;
@@ -469,8 +470,52 @@ pub async fn get_refund(
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct TransferListQuery {
     pub seller_id: Option<String>,
+    /// Only transfers in this status.
+    #[param(value_type = Option<super::commands::TransferStatusName>)]
     pub status: Option<String>,
     pub limit: Option<String>,
+}
+
+/// A `?status=` of the transfer list: one of the core's statuses, or a 400
+/// that lists them (an unknown one would silently match nothing).
+fn transfer_status_filter(status: &str) -> Result<String, ApiError> {
+    let known = TransferStatus::ALL.map(|s| s.as_str());
+    if known.contains(&status) {
+        Ok(status.to_owned())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_status",
+            format!(
+                "status {status:?} is not a transfer status; one of: {}",
+                known.join(", ")
+            ),
+        ))
+    }
+}
+
+/// One seller transfer.
+#[utoipa::path(
+    get, path = "/v1/transfers/{id}", tag = "queries",
+    params(("id" = String, Path, description = "transfer id")),
+    responses((status = 200, description = "the transfer read model"), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn get_transfer(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let d = state.reads.dialect();
+    let sql = select_json(
+        d,
+        &TRANSFER_COLUMNS,
+        &format!("seller_transfer_view where transfer_id = {}", p(d, 1)),
+    );
+    rows(&state, &sql, &[SqlParam::Text(id.clone())])
+        .await?
+        .into_iter()
+        .next()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("transfer_not_found", format!("no transfer {id:?}")))
 }
 
 /// Seller transfers, newest first.
@@ -486,9 +531,13 @@ pub async fn list_transfers(
 ) -> Result<Json<Value>, ApiError> {
     let d = state.reads.dialect();
     let limit = parse_limit(q.limit.as_deref())?;
+    let status = match q.status.filter(|s| !s.is_empty()) {
+        Some(s) => Some(transfer_status_filter(&s)?),
+        None => None,
+    };
     let mut filters = Vec::new();
     let mut params = Vec::new();
-    for (column, value) in [("seller_id", q.seller_id), ("status", q.status)] {
+    for (column, value) in [("seller_id", q.seller_id), ("status", status)] {
         if let Some(v) = value.filter(|v| !v.is_empty()) {
             params.push(SqlParam::Text(v));
             filters.push(format!("{column} = {}", p(d, params.len())));
@@ -668,6 +717,26 @@ pub async fn anomalies(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_transfer_status_filter_knows_every_status_and_refuses_others() {
+        for status in TransferStatus::ALL {
+            assert_eq!(
+                transfer_status_filter(status.as_str()).unwrap(),
+                status.as_str()
+            );
+        }
+        assert_eq!(
+            transfer_status_filter("indeterminate").unwrap(),
+            "indeterminate"
+        );
+        let refused = transfer_status_filter("complete").unwrap_err();
+        assert_eq!(refused.code(), "invalid_status");
+        assert!(
+            refused.to_string().contains("reversal_indeterminate"),
+            "{refused}"
+        );
+    }
 
     #[test]
     fn unknown_sorts_fall_back_to_created_at_desc() {

@@ -610,20 +610,74 @@ pub fn checkpoint_table_sql(dialect: Dialect) -> String {
     )
 }
 
-/// Every analyst view, in creation order. They read the live tables only;
-/// a swap drops and recreates them in its transaction.
-pub fn views_sql(dialect: Dialect) -> Vec<String> {
-    let (day, age) = match dialect {
-        Dialect::Postgres => (
-            "(p.recorded_at at time zone 'UTC')::date",
-            "now() - {since}",
-        ),
-        Dialect::Sqlite => (
-            "substr(p.recorded_at, 1, 10)",
-            "cast(round((julianday('now') - julianday({since})) * 86400) as integer)",
-        ),
+/// The transfer statuses `stuck_item` lists as the landed read-model
+/// migration (`20261127000010_read_models.sql`) created it.
+pub const STUCK_TRANSFER_STATUSES_20261127: &[&str] = &["failed", "reversal_pending", "pending"];
+
+/// The transfer statuses `stuck_item` lists now (migration
+/// `20261208000070_stuck_item_transfer_statuses.sql`): every status that
+/// waits for something. `pending`, `failed` and `reversal_pending` wait for a
+/// worker; `indeterminate` and `reversal_indeterminate` for a read of
+/// Stripe; `permanently_failed` and `reversal_failed` for an operator (no
+/// worker moves them again, so they are the ones most worth seeing here).
+pub const STUCK_TRANSFER_STATUSES: &[&str] = &[
+    "failed",
+    "reversal_pending",
+    "pending",
+    "indeterminate",
+    "reversal_indeterminate",
+    "permanently_failed",
+    "reversal_failed",
+];
+
+/// `create view stuck_item …`, its transfer branch listing
+/// `transfer_statuses`.
+pub fn stuck_item_view_sql(dialect: Dialect, transfer_statuses: &[&str]) -> String {
+    let age_of = |since: &str| match dialect {
+        Dialect::Postgres => format!("now() - {since}"),
+        Dialect::Sqlite => {
+            format!("cast(round((julianday('now') - julianday({since})) * 86400) as integer)")
+        }
     };
-    let age_of = |since: &str| age.replace("{since}", since);
+    let statuses = transfer_statuses
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "create view stuck_item as\n\
+         select 'order' as kind, o.order_id as id, o.status, o.status_since, {} as age\n\
+         from order_view o where o.status in ('created', 'pending', 'refund_pending')\n\
+         union all\n\
+         select 'refund', r.refund_id, r.status, r.status_since, {}\n\
+         from refund_view r where r.status in ('requested', 'submitted')\n\
+         union all\n\
+         select 'transfer', t.transfer_id, t.status, t.status_since, {}\n\
+         from seller_transfer_view t where t.status in ({statuses})",
+        age_of("o.status_since"),
+        age_of("r.status_since"),
+        age_of("t.status_since")
+    )
+}
+
+/// Migration `20261208000070_stuck_item_transfer_statuses.sql`: the view
+/// recreated with [`STUCK_TRANSFER_STATUSES`].
+pub fn stuck_item_migration_sql(dialect: Dialect) -> String {
+    format!(
+        "drop view if exists stuck_item;\n\n{};\n",
+        stuck_item_view_sql(dialect, STUCK_TRANSFER_STATUSES)
+    )
+}
+
+/// Every analyst view, in creation order, `stuck_item` listing
+/// `stuck_transfer_statuses` ([`STUCK_TRANSFER_STATUSES`] for the live
+/// schema). They read the live tables only; a swap drops and recreates them
+/// in its transaction.
+pub fn views_sql(dialect: Dialect, stuck_transfer_statuses: &[&str]) -> Vec<String> {
+    let day = match dialect {
+        Dialect::Postgres => "(p.recorded_at at time zone 'UTC')::date",
+        Dialect::Sqlite => "substr(p.recorded_at, 1, 10)",
+    };
     vec![
         // What the marketplace owes each seller, per currency: credits minus
         // debits on `seller_payable:{seller}`.
@@ -648,20 +702,7 @@ pub fn views_sql(dialect: Dialect) -> Vec<String> {
          from order_line_view l join order_view o on o.order_id = l.order_id\n\
          where o.captured_minor > 0 group by l.seller_id, l.currency"
             .to_owned(),
-        format!(
-            "create view stuck_item as\n\
-             select 'order' as kind, o.order_id as id, o.status, o.status_since, {} as age\n\
-             from order_view o where o.status in ('created', 'pending', 'refund_pending')\n\
-             union all\n\
-             select 'refund', r.refund_id, r.status, r.status_since, {}\n\
-             from refund_view r where r.status in ('requested', 'submitted')\n\
-             union all\n\
-             select 'transfer', t.transfer_id, t.status, t.status_since, {}\n\
-             from seller_transfer_view t where t.status in ('failed', 'reversal_pending', 'pending')",
-            age_of("o.status_since"),
-            age_of("r.status_since"),
-            age_of("t.status_since")
-        ),
+        stuck_item_view_sql(dialect, stuck_transfer_statuses),
     ]
 }
 
@@ -673,8 +714,10 @@ pub const VIEW_NAMES: [&str; 4] = [
     "stuck_item",
 ];
 
-/// The full DDL of the read models, as the migration holds it.
-pub fn migration_sql(dialect: Dialect) -> String {
+/// The full DDL of the read models, as the landed migration
+/// `20261127000010_read_models.sql` holds it when `stuck_transfer_statuses`
+/// is [`STUCK_TRANSFER_STATUSES_20261127`].
+pub fn migration_sql(dialect: Dialect, stuck_transfer_statuses: &[&str]) -> String {
     let mut out = vec![checkpoint_table_sql(dialect)];
     for m in ReadModel::ALL {
         for t in m.tables() {
@@ -682,7 +725,7 @@ pub fn migration_sql(dialect: Dialect) -> String {
             out.extend(t.index_sql(false));
         }
     }
-    out.extend(views_sql(dialect));
+    out.extend(views_sql(dialect, stuck_transfer_statuses));
     out.join(";\n\n") + ";\n"
 }
 
@@ -809,7 +852,7 @@ pub fn swap_sql(dialect: Dialect, models: &[ReadModel]) -> Vec<String> {
             m.checkpoint_name(true)
         ));
     }
-    out.extend(views_sql(dialect));
+    out.extend(views_sql(dialect, STUCK_TRANSFER_STATUSES));
     out
 }
 
@@ -819,10 +862,12 @@ mod tests {
 
     const PG: &str = include_str!("../../../migrations/postgres/20261127000010_read_models.sql");
     const LITE: &str = include_str!("../../../migrations/sqlite/20261127000010_read_models.sql");
+    const PG_STUCK: &str = include_str!(
+        "../../../migrations/postgres/20261208000070_stuck_item_transfer_statuses.sql"
+    );
+    const LITE_STUCK: &str =
+        include_str!("../../../migrations/sqlite/20261208000070_stuck_item_transfer_statuses.sql");
 
-    /// The migrations create exactly the tables a rebuild's shadows copy.
-    /// (Regenerate a NEW migration from `migration_sql` when the schema
-    /// changes; never edit a landed one.)
     /// The Postgres swap locks every checkpoint it moves before it touches
     /// a table, in name order, as a projector's batch does.
     #[test]
@@ -838,25 +883,80 @@ mod tests {
         assert!(lite[0].starts_with("drop view"), "{}", lite[0]);
     }
 
+    /// The migrations create exactly the tables a rebuild's shadows copy:
+    /// the landed read-model migration is the schema with the views as they
+    /// were then, and each later view migration recreates a view as
+    /// `views_sql` defines it now. (Never edit a landed migration: sqlx
+    /// refuses a changed checksum. Add a new one and a case here.)
     #[test]
     fn migrations_match_the_schema_descriptions() {
         let header = "-- Read models (generated from projections/src/readmodel/schema.rs).\n";
+        let stuck_header = "-- stuck_item lists every waiting transfer status (generated from projections/src/readmodel/schema.rs).\n";
         if std::env::var_os("LEDGER_WRITE_READ_MODEL_MIGRATIONS").is_some() {
             let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations");
-            std::fs::write(
-                format!("{root}/postgres/20261127000010_read_models.sql"),
-                format!("{header}{}", migration_sql(Dialect::Postgres)),
-            )
-            .unwrap();
-            std::fs::write(
-                format!("{root}/sqlite/20261127000010_read_models.sql"),
-                format!("{header}{}", migration_sql(Dialect::Sqlite)),
-            )
-            .unwrap();
+            for (dir, dialect) in [("postgres", Dialect::Postgres), ("sqlite", Dialect::Sqlite)] {
+                std::fs::write(
+                    format!("{root}/{dir}/20261208000070_stuck_item_transfer_statuses.sql"),
+                    format!("{stuck_header}{}", stuck_item_migration_sql(dialect)),
+                )
+                .unwrap();
+            }
             return;
         }
-        assert_eq!(PG, format!("{header}{}", migration_sql(Dialect::Postgres)));
-        assert_eq!(LITE, format!("{header}{}", migration_sql(Dialect::Sqlite)));
+        assert_eq!(
+            PG,
+            format!(
+                "{header}{}",
+                migration_sql(Dialect::Postgres, STUCK_TRANSFER_STATUSES_20261127)
+            )
+        );
+        assert_eq!(
+            LITE,
+            format!(
+                "{header}{}",
+                migration_sql(Dialect::Sqlite, STUCK_TRANSFER_STATUSES_20261127)
+            )
+        );
+        assert_eq!(
+            PG_STUCK,
+            format!(
+                "{stuck_header}{}",
+                stuck_item_migration_sql(Dialect::Postgres)
+            )
+        );
+        assert_eq!(
+            LITE_STUCK,
+            format!(
+                "{stuck_header}{}",
+                stuck_item_migration_sql(Dialect::Sqlite)
+            )
+        );
+    }
+
+    /// What the live schema (and so a rebuild's swap) creates is the newest
+    /// `stuck_item`, with every waiting transfer status.
+    #[test]
+    fn the_swap_recreates_the_current_stuck_item() {
+        for dialect in [Dialect::Postgres, Dialect::Sqlite] {
+            let current = stuck_item_view_sql(dialect, STUCK_TRANSFER_STATUSES);
+            assert!(swap_sql(dialect, &ReadModel::ALL).contains(&current));
+            assert!(views_sql(dialect, STUCK_TRANSFER_STATUSES).contains(&current));
+            for status in [
+                "indeterminate",
+                "reversal_indeterminate",
+                "permanently_failed",
+                "reversal_failed",
+            ] {
+                assert!(current.contains(&format!("'{status}'")), "{current}");
+            }
+        }
+        let known = ledger_core::transfer::TransferStatus::ALL.map(|s| s.as_str());
+        for status in STUCK_TRANSFER_STATUSES
+            .iter()
+            .chain(STUCK_TRANSFER_STATUSES_20261127)
+        {
+            assert!(known.contains(status), "{status} is no transfer status");
+        }
     }
 
     #[test]

@@ -195,6 +195,8 @@ pub struct TestApp {
     pub webhook_key: Vec<u8>,
     pub clock: Arc<ManualClock>,
     pub backend: Backend,
+    /// The store as a `DATABASE_URL` for the real binary (`ledger verify`).
+    pub database_url: String,
     server: Option<RunningServer>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -250,14 +252,18 @@ async fn start_app(kind: Kind, overrides: &[(&str, &str)]) -> TestApp {
     let env = test_env(overrides);
     let (config, _warnings) =
         Config::from_env(&|k| env.get(k).cloned()).expect("the test config is valid");
-    let (backend, dir) = match kind {
-        Kind::Postgres => (Backend::Postgres(fresh_pg_store().await), None),
+    let (backend, dir, database_url) = match kind {
+        Kind::Postgres => {
+            let url = fresh_pg_store_url().await;
+            let store = PgStore::connect(&url).await.expect("connect store");
+            (Backend::Postgres(store), None, url)
+        }
         Kind::Sqlite => {
             let dir = tempfile::tempdir().unwrap();
-            let store = SqliteStore::open(&dir.path().join("ledger.db"))
-                .await
-                .unwrap();
-            (Backend::Sqlite(store), Some(dir))
+            let path = dir.path().join("ledger.db");
+            let store = SqliteStore::open(&path).await.unwrap();
+            let url = format!("sqlite://{}", path.display());
+            (Backend::Sqlite(store), Some(dir), url)
         }
     };
     backend.migrate().await.expect("migrate");
@@ -284,6 +290,7 @@ async fn start_app(kind: Kind, overrides: &[(&str, &str)]) -> TestApp {
             .unwrap_or_default(),
         clock,
         backend,
+        database_url,
         server: Some(server),
         _dir: dir,
     }
