@@ -206,6 +206,24 @@ impl Ctx {
     fn work_retry_at(&self, now: DateTime<Utc>, attempts: u32) -> DateTime<Utc> {
         after(now, backoff_delay(&self.config.work_backoff, attempts))
     }
+
+    /// When a work item whose create failed with `outcome` runs again: an
+    /// unknown outcome is read after [`resolve::INDETERMINATE_READ_DELAY`];
+    /// anything else backs off, never before the provider's `Retry-After`.
+    fn due_after(
+        &self,
+        now: DateTime<Utc>,
+        attempts: u32,
+        outcome: ledger_psp::CreateOutcome,
+    ) -> DateTime<Utc> {
+        match outcome {
+            ledger_psp::CreateOutcome::Unknown => after(now, resolve::INDETERMINATE_READ_DELAY),
+            ledger_psp::CreateOutcome::RetrySameKey { after: Some(wait) } => {
+                self.work_retry_at(now, attempts).max(after(now, wait))
+            }
+            _ => self.work_retry_at(now, attempts),
+        }
+    }
 }
 
 /// `now + delay`, saturating.

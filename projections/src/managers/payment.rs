@@ -17,7 +17,6 @@ use ledger_core::order::{Order, OrderCommand, OrderStatus, PlacedOrder};
 use ledger_psp::{CreateOutcome, CreatePayment, PaymentView, PspError};
 use ledger_store::work::WorkItem;
 
-use super::resolve::INDETERMINATE_READ_DELAY;
 use super::worker::{Step, stream_of};
 use super::{Actor, Ctx, ManagerError};
 
@@ -75,32 +74,17 @@ async fn failed(
 ) -> Result<Step, ManagerError> {
     let stream = order.order_id.stream_id();
     let payment_id = payment_id_for(order.order_id);
-    match e.create_outcome() {
-        CreateOutcome::RetrySameKey { after } => {
-            let mut due_at = ctx.work_retry_at(now, item.attempts);
-            if let Some(wait) = after {
-                due_at = due_at.max(super::after(now, wait));
-            }
+    let outcome = e.create_outcome();
+    match outcome {
+        CreateOutcome::RetrySameKey { .. }
+        | CreateOutcome::Unknown
+        | CreateOutcome::NeedsOperator => {
+            let due_at = ctx.due_after(now, item.attempts, outcome);
+            let read_first = outcome == CreateOutcome::Unknown;
             tracing::warn!(
                 stream_id = %stream, payment_id = %payment_id,
-                attempts = item.attempts, retry_at = %due_at, error = %e,
-                "payment: Hyperswitch did not take the call; retrying with the same payment_id"
-            );
-            Ok(Step::Later {
-                due_at,
-                error: Some(e.to_string()),
-            })
-        }
-        CreateOutcome::Unknown | CreateOutcome::NeedsOperator => {
-            let due_at = if e.create_outcome() == CreateOutcome::Unknown {
-                super::after(now, INDETERMINATE_READ_DELAY)
-            } else {
-                ctx.work_retry_at(now, item.attempts)
-            };
-            tracing::warn!(
-                stream_id = %stream, payment_id = %payment_id,
-                attempts = item.attempts, read_at = %due_at, error = %e,
-                "payment: Hyperswitch's answer leaves the payment unknown; reading it before creating again"
+                attempts = item.attempts, retry_at = %due_at, read_first, error = %e,
+                "payment: Hyperswitch create failed; the next try reads the payment before creating it again"
             );
             Ok(Step::Later {
                 due_at,

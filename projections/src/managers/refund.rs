@@ -29,7 +29,6 @@ use ledger_store::READ_BATCH_MAX;
 use ledger_store::handle::{HandleError, decode_recorded};
 use ledger_store::work::WorkItem;
 
-use super::resolve::INDETERMINATE_READ_DELAY;
 use super::transfer::schedule_transfers;
 use super::worker::{Step, WorkerKind, stream_of};
 use super::{Actor, Ctx, ManagerError, command_context, handle_error};
@@ -194,31 +193,15 @@ pub(crate) async fn step_refund(
             Ok(Step::Done)
         }
         Err(e) => match e.create_outcome() {
-            CreateOutcome::RetrySameKey { after } => {
-                let mut due_at = ctx.work_retry_at(now, item.attempts);
-                if let Some(wait) = after {
-                    due_at = due_at.max(super::after(now, wait));
-                }
+            outcome @ (CreateOutcome::RetrySameKey { .. }
+            | CreateOutcome::Unknown
+            | CreateOutcome::NeedsOperator) => {
+                let due_at = ctx.due_after(now, item.attempts, outcome);
+                let read_first = outcome == CreateOutcome::Unknown;
                 tracing::warn!(
                     stream_id = %stream, hyperswitch_refund_id = %psp_refund_id,
-                    attempts = item.attempts, retry_at = %due_at, error = %e,
-                    "refund: Hyperswitch did not take the call; retrying with the same refund_id"
-                );
-                Ok(Step::Later {
-                    due_at,
-                    error: Some(e.to_string()),
-                })
-            }
-            CreateOutcome::Unknown | CreateOutcome::NeedsOperator => {
-                let due_at = if e.create_outcome() == CreateOutcome::Unknown {
-                    super::after(now, INDETERMINATE_READ_DELAY)
-                } else {
-                    ctx.work_retry_at(now, item.attempts)
-                };
-                tracing::warn!(
-                    stream_id = %stream, hyperswitch_refund_id = %psp_refund_id,
-                    attempts = item.attempts, read_at = %due_at, error = %e,
-                    "refund: Hyperswitch's answer leaves the refund unknown; reading it before creating again"
+                    attempts = item.attempts, retry_at = %due_at, read_first, error = %e,
+                    "refund: Hyperswitch create failed; the next try reads the refund before creating it again"
                 );
                 Ok(Step::Later {
                     due_at,

@@ -432,11 +432,8 @@ async fn pay(
             Ok(Step::Done)
         }
         Err(e) => match e.create_outcome() {
-            CreateOutcome::RetrySameKey { after } => {
-                let mut due_at = ctx.work_retry_at(now, item.attempts);
-                if let Some(wait) = after {
-                    due_at = due_at.max(super::after(now, wait));
-                }
+            outcome @ CreateOutcome::RetrySameKey { after } => {
+                let due_at = ctx.due_after(now, item.attempts, outcome);
                 tracing::warn!(
                     stream_id = %stream, attempt = t.attempt, retry_at = %due_at,
                     retry_after_s = after.map(|d| d.as_secs()), error = %e,
@@ -461,7 +458,7 @@ async fn pay(
             CreateOutcome::Unknown => {
                 unknown(ctx, kind, t, actor, &e.to_string(), now).await?;
                 Ok(Step::Later {
-                    due_at: super::after(now, INDETERMINATE_READ_DELAY),
+                    due_at: ctx.due_after(now, item.attempts, CreateOutcome::Unknown),
                     error: Some(e.to_string()),
                 })
             }
