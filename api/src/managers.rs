@@ -318,6 +318,32 @@ impl AdminOps for ManagerOps {
         to_json(&retried)
     }
 
+    async fn resolve_anomaly(
+        &self,
+        transfer_id: TransferId,
+        kind: ledger_core::transfer::TransferAnomalyKind,
+        provider_id: Option<String>,
+        note: &str,
+        request_id: &str,
+    ) -> Result<serde_json::Value, ApiError> {
+        let resolved = self
+            .managers
+            .resolve_transfer_anomaly(transfer_id, kind, provider_id, note, self.clock.now())
+            .await
+            .map_err(|e| match e {
+                ManagerError::Rejected { reason, .. } => {
+                    ApiError::conflict("anomaly_not_recorded", reason)
+                }
+                other => admin_error(other),
+            })?;
+        tracing::info!(
+            request_id, transfer_id = %transfer_id, anomaly = %resolved.kind,
+            newly_resolved = resolved.newly_resolved,
+            "transfer anomaly resolved by an operator"
+        );
+        to_json(&resolved)
+    }
+
     async fn reconcile_provider(
         &self,
         from: DateTime<Utc>,

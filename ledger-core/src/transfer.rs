@@ -211,6 +211,14 @@ pub enum TransferCommand {
         detail: String,
         now: DateTime<Utc>,
     },
+    /// An operator dealt with a recorded anomaly (reversed the second
+    /// payout at Stripe, corrected the provider's data, …) and says how.
+    ResolveAnomaly {
+        kind: TransferAnomalyKind,
+        provider_id: Option<String>,
+        note: String,
+        now: DateTime<Utc>,
+    },
     /// The retry worker (when due) or an operator (any time, and also from
     /// `permanently_failed`) sends the transfer back to `pending`.
     Retry {
@@ -268,6 +276,7 @@ impl TransferCommand {
             TransferCommand::RecordOutcomeUnknown { .. } => "RecordOutcomeUnknown",
             TransferCommand::RecordAbsent { .. } => "RecordAbsent",
             TransferCommand::RecordAnomaly { .. } => "RecordAnomaly",
+            TransferCommand::ResolveAnomaly { .. } => "ResolveAnomaly",
             TransferCommand::Retry { .. } => "Retry",
             TransferCommand::Cancel { .. } => "Cancel",
             TransferCommand::Reduce { .. } => "Reduce",
@@ -397,6 +406,13 @@ pub enum TransferEvent {
         detail: String,
         at: DateTime<Utc>,
     },
+    /// An operator resolved the anomaly of that kind and provider id.
+    TransferAnomalyResolved {
+        kind: TransferAnomalyKind,
+        provider_id: Option<String>,
+        note: String,
+        at: DateTime<Utc>,
+    },
     /// `reversal_pending` → `reversal_indeterminate`.
     TransferReversalOutcomeUnknown {
         refund_id: RefundId,
@@ -430,6 +446,7 @@ impl EventSet for TransferEvent {
         "TransferOutcomeUnknown",
         "TransferAttemptAbsent",
         "TransferAnomalyRecorded",
+        "TransferAnomalyResolved",
         "TransferReversalOutcomeUnknown",
         "TransferReversalAttemptAbsent",
     ];
@@ -455,6 +472,7 @@ impl TransferEvent {
             TransferEvent::TransferOutcomeUnknown { .. } => "TransferOutcomeUnknown",
             TransferEvent::TransferAttemptAbsent { .. } => "TransferAttemptAbsent",
             TransferEvent::TransferAnomalyRecorded { .. } => "TransferAnomalyRecorded",
+            TransferEvent::TransferAnomalyResolved { .. } => "TransferAnomalyResolved",
             TransferEvent::TransferReversalOutcomeUnknown { .. } => {
                 "TransferReversalOutcomeUnknown"
             }
@@ -510,6 +528,11 @@ pub enum TransferRejection {
         reported_minor: i64,
         recorded_minor: i64,
     },
+    #[error("no {kind:?} anomaly for {provider_id:?} is recorded on this transfer")]
+    AnomalyNotRecorded {
+        kind: TransferAnomalyKind,
+        provider_id: Option<String>,
+    },
     #[error("{command} is not allowed while the transfer is {from}")]
     InvalidTransition {
         from: TransferStatus,
@@ -558,9 +581,18 @@ pub struct ScheduledTransfer {
     pub stripe_reversal_ids: Vec<StripeReversalId>,
     /// Anomalies recorded, by kind and provider id (duplicates are no-ops).
     pub anomalies: Vec<(TransferAnomalyKind, Option<String>)>,
+    /// Those an operator has resolved since.
+    pub resolved_anomalies: Vec<(TransferAnomalyKind, Option<String>)>,
 }
 
 impl ScheduledTransfer {
+    /// An anomaly of `kind` is recorded and not resolved.
+    pub fn has_open_anomaly(&self, kind: TransferAnomalyKind) -> bool {
+        self.anomalies
+            .iter()
+            .any(|a| a.0 == kind && !self.resolved_anomalies.contains(a))
+    }
+
     /// Stripe `Idempotency-Key` of the current payout attempt.
     pub fn idempotency_key(&self) -> String {
         format!("transfer:{}:{}", self.transfer_id, self.attempt)
@@ -790,6 +822,30 @@ impl Decider for SellerTransfer {
                     kind: *kind,
                     provider_id: provider_id.as_deref().map(clip),
                     detail: clip(detail),
+                    at: *now,
+                }])
+            }
+
+            TransferCommand::ResolveAnomaly {
+                kind,
+                provider_id,
+                note,
+                now,
+            } => {
+                let key = (*kind, provider_id.clone());
+                if !t.anomalies.contains(&key) {
+                    return Err(TransferRejection::AnomalyNotRecorded {
+                        kind: *kind,
+                        provider_id: provider_id.clone(),
+                    });
+                }
+                if t.resolved_anomalies.contains(&key) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![TransferEvent::TransferAnomalyResolved {
+                    kind: *kind,
+                    provider_id: provider_id.clone(),
+                    note: clip(note),
                     at: *now,
                 }])
             }
@@ -1129,6 +1185,7 @@ impl Decider for SellerTransfer {
                     reversal_refunds: Vec::new(),
                     stripe_reversal_ids: Vec::new(),
                     anomalies: Vec::new(),
+                    resolved_anomalies: Vec::new(),
                 }),
             });
         }
@@ -1306,6 +1363,13 @@ impl Decider for SellerTransfer {
                 kind, provider_id, ..
             } => {
                 t.anomalies.push((*kind, provider_id.clone()));
+            }
+            TransferEvent::TransferAnomalyResolved {
+                kind, provider_id, ..
+            } => {
+                let key = (*kind, provider_id.clone());
+                require(t.anomalies.contains(&key))?;
+                t.resolved_anomalies.push(key);
             }
             TransferEvent::TransferReversalOutcomeUnknown { error, at, .. } => {
                 require(t.status == TransferStatus::ReversalPending)?;

@@ -1271,3 +1271,52 @@ fn a_reversal_whose_answer_was_lost_is_indeterminate_until_read() {
     assert_eq!(t_.status, S::ReversalPending);
     assert_eq!(t_.pending_reversal.unwrap().attempt, 2);
 }
+
+#[test]
+fn an_operator_resolves_a_recorded_anomaly_once() {
+    use ledger_core::transfer::TransferAnomalyKind as K;
+    let recorded = E::TransferAnomalyRecorded {
+        kind: K::DuplicateAtProvider,
+        provider_id: Some("tr_2".into()),
+        detail: "second payout".into(),
+        at: t(5),
+    };
+    let resolve = |id: &str| C::ResolveAnomaly {
+        kind: K::DuplicateAtProvider,
+        provider_id: Some(id.into()),
+        note: "reversed at Stripe".into(),
+        now: t(6),
+    };
+    let resolved = E::TransferAnomalyResolved {
+        kind: K::DuplicateAtProvider,
+        provider_id: Some("tr_2".into()),
+        note: "reversed at Stripe".into(),
+        at: t(6),
+    };
+    let mut history = is_completed();
+    history.push(recorded);
+    check::<SellerTransfer>(&history, resolve("tr_2"), Ok(vec![resolved.clone()]));
+    check::<SellerTransfer>(
+        &history,
+        resolve("tr_9"),
+        Err(R::AnomalyNotRecorded {
+            kind: K::DuplicateAtProvider,
+            provider_id: Some("tr_9".into()),
+        }),
+    );
+    history.push(resolved);
+    check::<SellerTransfer>(&history, resolve("tr_2"), Ok(vec![]));
+    let t_ = SellerTransfer::fold(&history).unwrap().transfer.unwrap();
+    assert!(!t_.has_open_anomaly(K::DuplicateAtProvider));
+    // Seen again by a sweep: not recorded again.
+    check::<SellerTransfer>(
+        &history,
+        C::RecordAnomaly {
+            kind: K::DuplicateAtProvider,
+            provider_id: Some("tr_2".into()),
+            detail: "second payout".into(),
+            now: t(7),
+        },
+        Ok(vec![]),
+    );
+}

@@ -478,7 +478,8 @@ impl InvariantChecker {
             TransferEvent::TransferReversalFailed { .. } => t.status = "reversal_failed",
             TransferEvent::TransferOutcomeUnknown { .. } => t.status = "indeterminate",
             TransferEvent::TransferAttemptAbsent { .. } => t.status = "pending",
-            TransferEvent::TransferAnomalyRecorded { .. } => {}
+            TransferEvent::TransferAnomalyRecorded { .. }
+            | TransferEvent::TransferAnomalyResolved { .. } => {}
             TransferEvent::TransferReversalOutcomeUnknown { .. } => {
                 t.status = "reversal_indeterminate";
             }

@@ -20,7 +20,7 @@
 //! later events of a broken stream are counted but not re-reported (one
 //! removed row would otherwise report every later version).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ use ledger_core::hash::{ChainError, ChainVerifier};
 use ledger_core::ids::StreamId;
 use ledger_core::order::{Order, OrderState};
 use ledger_core::refund::{Refund, RefundState};
-use ledger_core::transfer::{SellerTransfer, TransferEvent, TransferState};
+use ledger_core::transfer::{SellerTransfer, TransferAnomalyKind, TransferEvent, TransferState};
 use ledger_core::{Checkpoint, Decider, RecordedEvent, decode_any};
 use ledger_store::{EventStore, READ_BATCH_MAX, StoreError};
 use tokio::sync::mpsc;
@@ -245,6 +245,9 @@ pub struct Verifier {
     streams: HashMap<StreamId, StreamCheck>,
     journal: InvariantChecker,
     report: VerifyReport,
+    /// Provider-mismatch anomalies recorded and not resolved, by stream,
+    /// kind and provider id: the version that recorded each, and its detail.
+    open_anomalies: BTreeMap<(String, TransferAnomalyKind, Option<String>), (u64, String)>,
 }
 
 impl Default for Verifier {
@@ -268,6 +271,7 @@ impl Verifier {
             streams: HashMap::new(),
             journal: InvariantChecker::default(),
             report: VerifyReport::default(),
+            open_anomalies: BTreeMap::new(),
         }
     }
 
@@ -336,23 +340,30 @@ impl Verifier {
                     };
                     match folded {
                         Ok(()) => {
-                            if let AnyEvent::Transfer(TransferEvent::TransferAnomalyRecorded {
-                                kind,
-                                provider_id,
-                                detail,
-                                ..
-                            }) = &event
-                                && kind.is_provider_mismatch()
-                            {
-                                found.push(finding(
-                                    FindingKind::ProviderMismatch,
-                                    e.stream_version,
-                                    format!(
-                                        "{} {}: {detail}",
-                                        kind.as_str(),
-                                        provider_id.as_deref().unwrap_or("-")
-                                    ),
-                                ));
+                            match &event {
+                                AnyEvent::Transfer(TransferEvent::TransferAnomalyRecorded {
+                                    kind,
+                                    provider_id,
+                                    detail,
+                                    ..
+                                }) if kind.is_provider_mismatch() => {
+                                    self.open_anomalies.insert(
+                                        (e.stream_id.to_string(), *kind, provider_id.clone()),
+                                        (e.stream_version, detail.clone()),
+                                    );
+                                }
+                                AnyEvent::Transfer(TransferEvent::TransferAnomalyResolved {
+                                    kind,
+                                    provider_id,
+                                    ..
+                                }) => {
+                                    self.open_anomalies.remove(&(
+                                        e.stream_id.to_string(),
+                                        *kind,
+                                        provider_id.clone(),
+                                    ));
+                                }
+                                _ => {}
                             }
                             self.journal
                                 .push(&e.stream_id, e.stream_version, e.event_id, &event)
@@ -430,6 +441,19 @@ impl Verifier {
                 version: v.version,
                 kind: v.kind.into(),
                 detail: v.detail,
+            });
+        }
+        let open = std::mem::take(&mut self.open_anomalies);
+        for ((stream, kind, provider_id), (version, detail)) in open {
+            self.report.add(Finding {
+                stream,
+                version,
+                kind: FindingKind::ProviderMismatch,
+                detail: format!(
+                    "{} {}: {detail}",
+                    kind.as_str(),
+                    provider_id.as_deref().unwrap_or("-")
+                ),
             });
         }
         self.report

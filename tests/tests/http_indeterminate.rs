@@ -332,6 +332,32 @@ async fn a_duplicate_at_stripe_is_an_anomaly_verify_reports(kind: Kind) {
         common::stderr(&refused)
     );
 
+    // Resolving an anomaly: the route reaches the core, which refuses one
+    // that was never recorded; bad bodies are refused before it.
+    let resolve = |body: Value| {
+        let path = format!("/v1/admin/transfers/{transfer_id}/anomalies/resolve");
+        let app = &app;
+        async move { admin_with(app, &path, &body.to_string()).await }
+    };
+    resolve(json!({"kind": "duplicate_at_provider", "provider_id": "tr_never_made", "note": "x"}))
+        .await
+        .assert_error(409, "anomaly_not_recorded");
+    resolve(
+        json!({"kind": "duplicate_at_provider", "provider_id": second.id.as_str(), "note": "  "}),
+    )
+    .await
+    .assert_error(422, "invalid_field");
+    resolve(json!({"kind": "teleported", "note": "x"}))
+        .await
+        .assert_error(400, "invalid_request");
+    admin_with(
+        &app,
+        "/v1/admin/transfers/not-a-uuid/anomalies/resolve",
+        &json!({"kind": "duplicate_at_provider", "note": "x"}).to_string(),
+    )
+    .await
+    .assert_error(404, "transfer_not_found");
+
     // The server stops; its store (and SQLite file) stays for the binary.
     let mut app = app;
     app.take_server().shutdown().await.unwrap();

@@ -41,6 +41,7 @@ const ROUTES: [(&str, &str); 18] = [
     ("get", "/v1/ledger/trial-balance"),
     ("get", "/v1/anomalies"),
     ("post", "/v1/admin/transfers/{id}/retry"),
+    ("post", "/v1/admin/transfers/{id}/anomalies/resolve"),
     ("post", "/v1/admin/reconcile"),
     ("post", "/v1/admin/reconcile/provider"),
     ("post", "/webhooks/hyperswitch"),

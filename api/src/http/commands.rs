@@ -677,6 +677,121 @@ pub async fn retry_transfer(
     .await)
 }
 
+/// `POST /v1/admin/transfers/{id}/anomalies/resolve` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveAnomalyRequest {
+    /// The recorded anomaly's kind.
+    pub kind: AnomalyKindName,
+    /// The provider object it names (`tr_…`, `trr_…`), as recorded; absent
+    /// for an anomaly recorded without one.
+    pub provider_id: Option<String>,
+    /// What the operator did (1–500 characters), kept in the event.
+    pub note: String,
+}
+
+/// A transfer anomaly's kind.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AnomalyKindName {
+    AmountMismatch,
+    DuplicateAtProvider,
+    UnknownAtProvider,
+    UnreadableAnswer,
+    PaidWhileNotOwed,
+}
+
+impl From<AnomalyKindName> for ledger_core::transfer::TransferAnomalyKind {
+    fn from(k: AnomalyKindName) -> Self {
+        use ledger_core::transfer::TransferAnomalyKind as K;
+        match k {
+            AnomalyKindName::AmountMismatch => K::AmountMismatch,
+            AnomalyKindName::DuplicateAtProvider => K::DuplicateAtProvider,
+            AnomalyKindName::UnknownAtProvider => K::UnknownAtProvider,
+            AnomalyKindName::UnreadableAnswer => K::UnreadableAnswer,
+            AnomalyKindName::PaidWhileNotOwed => K::PaidWhileNotOwed,
+        }
+    }
+}
+
+/// Longest operator note kept on a resolution.
+pub const ANOMALY_NOTE_MAX: usize = 500;
+
+/// `POST /v1/admin/transfers/{id}/anomalies/resolve` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AnomalyResolved {
+    pub transfer_id: String,
+    pub kind: AnomalyKindName,
+    pub provider_id: Option<String>,
+    /// False when it was resolved already.
+    pub newly_resolved: bool,
+}
+
+/// Mark a recorded transfer anomaly dealt with (say, the second payout was
+/// reversed at Stripe): `ledger verify` stops reporting it and the provider
+/// sweep stops listing it. An `unreadable_answer` on an indeterminate
+/// transfer is read at Stripe again.
+#[utoipa::path(
+    post, path = "/v1/admin/transfers/{id}/anomalies/resolve", tag = "admin",
+    params(
+        ("id" = String, Path, description = "transfer id"),
+        ("Idempotency-Key" = String, Header, description = "unique per command")
+    ),
+    request_body = ResolveAnomalyRequest,
+    responses(
+        (status = 200, description = "the anomaly is resolved", body = AnomalyResolved),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "`anomaly_not_recorded`: no such anomaly on this transfer", body = ErrorBody),
+        (status = 422, description = "`invalid_field`: the note is empty or too long", body = ErrorBody),
+        (status = 501, body = ErrorBody),
+        (status = 503, body = ErrorBody, headers(("Retry-After" = u32, description = "seconds to wait before retrying")))
+    ),
+    security(("bearer" = []))
+)]
+pub async fn resolve_anomaly(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody<COMMAND_BODY_MAX>,
+) -> Result<Response, ApiError> {
+    let key = idempotency::key_of(&headers)?;
+    let transfer_id = Uuid::parse_str(&id).map(TransferId).map_err(|_| {
+        ApiError::not_found(
+            "transfer_not_found",
+            format!("no transfer {id:?}; transfer ids are UUIDs"),
+        )
+    })?;
+    let request: ResolveAnomalyRequest = parse_json(&body)?;
+    let note = request.note.trim().to_owned();
+    if note.is_empty() || note.chars().count() > ANOMALY_NOTE_MAX {
+        return Err(ApiError::unprocessable(
+            "invalid_field",
+            format!("note: say what was done, in 1 to {ANOMALY_NOTE_MAX} characters"),
+        ));
+    }
+    let ops = admin_ops(&state)?;
+    let scope = format!(
+        "{}:POST /v1/admin/transfers/{{id}}/anomalies/resolve:{id}",
+        principal.as_str()
+    );
+    Ok(idempotency::run(&state, &scope, &key, &body, || async {
+        let value = ops
+            .resolve_anomaly(
+                transfer_id,
+                request.kind.into(),
+                request.provider_id.clone(),
+                &note,
+                &request_id,
+            )
+            .await?;
+        JsonReply::new(StatusCode::OK, &value)
+    })
+    .await)
+}
+
 /// `POST /v1/admin/reconcile/provider` body; both optional.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

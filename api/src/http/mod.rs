@@ -68,6 +68,15 @@ pub trait AdminOps: Send + Sync + std::fmt::Debug {
         request_id: &str,
     ) -> Result<serde_json::Value, ApiError>;
     async fn reconcile_once(&self, request_id: &str) -> Result<serde_json::Value, ApiError>;
+    /// An operator marks a recorded transfer anomaly dealt with.
+    async fn resolve_anomaly(
+        &self,
+        transfer_id: TransferId,
+        kind: ledger_core::transfer::TransferAnomalyKind,
+        provider_id: Option<String>,
+        note: &str,
+        request_id: &str,
+    ) -> Result<serde_json::Value, ApiError>;
     /// Stripe's transfers created in `[from, to)` matched against the
     /// ledger (a `ProviderReport`).
     async fn reconcile_provider(
@@ -327,6 +336,7 @@ impl utoipa::Modify for BearerAuth {
 pub fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let admin = OpenApiRouter::new()
         .routes(routes!(commands::retry_transfer))
+        .routes(routes!(commands::resolve_anomaly))
         .routes(routes!(commands::reconcile))
         .routes(routes!(commands::reconcile_provider))
         .route_layer(middleware::from_fn_with_state(

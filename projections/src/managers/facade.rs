@@ -20,7 +20,7 @@ use super::candidates::StuckCandidates;
 use super::config::ManagerConfig;
 use super::feed::{FEED_BATCH, FeedKind, WorkFeed};
 use super::reconcile::{ProviderReport, ReconcileReport, Reconciler};
-use super::transfer::RetriedTransfer;
+use super::transfer::{ResolvedAnomaly, RetriedTransfer};
 use super::worker::{CLAIM_LIMIT, WorkerKind, WorkerReport, run_pass};
 use super::{Ctx, ManagerError, payment, transfer};
 use crate::clock::Clock;
@@ -241,6 +241,19 @@ impl Managers {
             .reconciler
             .reconcile_provider(from, to, now)
             .await
+    }
+
+    /// `POST /v1/admin/transfers/{id}/anomalies/resolve`: an operator marks
+    /// a recorded anomaly dealt with.
+    pub async fn resolve_transfer_anomaly(
+        &self,
+        transfer_id: TransferId,
+        kind: ledger_core::transfer::TransferAnomalyKind,
+        provider_id: Option<String>,
+        note: &str,
+        now: DateTime<Utc>,
+    ) -> Result<ResolvedAnomaly, ManagerError> {
+        transfer::resolve_anomaly(&self.inner.ctx, transfer_id, kind, provider_id, note, now).await
     }
 
     /// `POST /v1/admin/transfers/{id}/retry`: an operator's retry. An

@@ -71,7 +71,7 @@ pub use reconcile::{
 };
 pub use resolve::{INDETERMINATE_READ_DELAY, KEY_TRUSTED_FOR};
 pub use reversal::{REVERSAL_ATTEMPT, reversal_key_id};
-pub use transfer::RetriedTransfer;
+pub use transfer::{ResolvedAnomaly, RetriedTransfer};
 pub use worker::{
     CLAIM_LEASE, CLAIM_LIMIT, PAYMENT_START_GRACE, REFUND_OPEN_GRACE, WorkerKind, WorkerReport,
 };

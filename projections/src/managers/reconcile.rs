@@ -234,10 +234,7 @@ impl Reconciler {
             class.skipped += 1;
             return Ok(());
         };
-        let unreadable = t
-            .anomalies
-            .iter()
-            .any(|(k, _)| *k == TransferAnomalyKind::UnreadableAnswer);
+        let unreadable = t.has_open_anomaly(TransferAnomalyKind::UnreadableAnswer);
         let indeterminate = matches!(
             t.status,
             TransferStatus::Indeterminate | TransferStatus::ReversalIndeterminate
@@ -699,6 +696,14 @@ impl Reconciler {
             )),
         }
         for (kind, provider_id, detail) in found {
+            // An operator resolved it already (reversed the second payout,
+            // say): it no longer disagrees with the ledger's books.
+            if t.resolved_anomalies
+                .contains(&(kind, Some(provider_id.clone())))
+            {
+                report.matched += 1;
+                continue;
+            }
             let new = record_anomaly(&self.ctx, &t, ACTOR, kind, Some(&provider_id), &detail, now)
                 .await?;
             report.anomalies.push(ProviderAnomaly {

@@ -193,10 +193,7 @@ pub(crate) async fn step(
     };
     if t.status == TransferStatus::ReversalIndeterminate {
         // An unreadable answer stays for an operator.
-        if t.anomalies
-            .iter()
-            .any(|(k, _)| *k == TransferAnomalyKind::UnreadableAnswer)
-        {
+        if t.has_open_anomaly(TransferAnomalyKind::UnreadableAnswer) {
             return Ok(Step::Done);
         }
         match resolve(ctx, &*ctx.payouts, ACTOR, &t, now).await {

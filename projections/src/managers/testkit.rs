@@ -1906,6 +1906,44 @@ pub mod scenarios {
             crate::verify::FindingKind::ProviderMismatch
         );
         assert!(verified.findings[0].detail.contains(second.id.as_str()));
+        // The operator reverses the second payout at Stripe and says so:
+        // verify is clean again and the sweep no longer lists it.
+        let kind = ledger_core::transfer::TransferAnomalyKind::DuplicateAtProvider;
+        let resolved = h
+            .managers
+            .resolve_transfer_anomaly(
+                t.transfer_id,
+                kind,
+                Some(second.id.to_string()),
+                "second payout reversed at Stripe",
+                h.now(),
+            )
+            .await
+            .expect("resolve");
+        assert!(resolved.newly_resolved);
+        assert_verify_clean(&h).await;
+        let after = h
+            .managers
+            .reconcile_provider(from, to, h.now())
+            .await
+            .expect("provider sweep");
+        assert!(after.is_clean(), "{after:#?}");
+        assert_eq!(after.matched, 3);
+        // Resolving something never recorded is refused.
+        let refused = h
+            .managers
+            .resolve_transfer_anomaly(
+                t.transfer_id,
+                kind,
+                Some("tr_never_seen".to_owned()),
+                "nothing",
+                h.now(),
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(ManagerError::Rejected { .. })),
+            "{refused:?}"
+        );
     }
 
     // -------------------------------------------------------------- payment

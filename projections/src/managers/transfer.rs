@@ -265,10 +265,7 @@ async fn resolve_and_pay(
 ) -> Result<Step, ManagerError> {
     // An unreadable answer stays for an operator; reading again would
     // read the same thing and log it again.
-    if t.anomalies
-        .iter()
-        .any(|(k, _)| *k == TransferAnomalyKind::UnreadableAnswer)
-    {
+    if t.has_open_anomaly(TransferAnomalyKind::UnreadableAnswer) {
         return Ok(Step::Done);
     }
     let actor = Actor::worker(kind.name());
@@ -700,4 +697,81 @@ pub(crate) async fn retry_now(
         "transfer_retry: operator retry recorded; {} queued", manager.name()
     );
     Ok(answer)
+}
+
+/// What an operator's resolution of an anomaly recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResolvedAnomaly {
+    pub transfer_id: TransferId,
+    pub kind: String,
+    pub provider_id: Option<String>,
+    /// False when it was resolved already (the same request again).
+    pub newly_resolved: bool,
+}
+
+/// The admin route: an operator says a recorded anomaly is dealt with
+/// (`TransferAnomalyResolved`); `verify` stops reporting it, the provider
+/// sweep stops listing it, and an unreadable answer is read again.
+pub(crate) async fn resolve_anomaly(
+    ctx: &Ctx,
+    transfer_id: TransferId,
+    kind: TransferAnomalyKind,
+    provider_id: Option<String>,
+    note: &str,
+    now: DateTime<Utc>,
+) -> Result<ResolvedAnomaly, ManagerError> {
+    let stream = transfer_id.stream_id();
+    let Some(t) = ctx.load::<SellerTransfer>(&stream).await?.state.transfer else {
+        return Err(ManagerError::NotFound(format!("transfer {transfer_id}")));
+    };
+    let handled = ctx
+        .run::<SellerTransfer>(
+            &stream,
+            &format!(
+                "transfer:{transfer_id}:anomaly:{}:{}:resolved",
+                kind.as_str(),
+                provider_id.as_deref().unwrap_or("-")
+            ),
+            OPERATOR,
+            &TransferCommand::ResolveAnomaly {
+                kind,
+                provider_id: provider_id.clone(),
+                note: note.to_owned(),
+                now,
+            },
+            "ResolveAnomaly",
+        )
+        .await?;
+    let newly_resolved = !handled.events.is_empty();
+    tracing::info!(
+        stream_id = %stream, anomaly = kind.as_str(),
+        provider_id = provider_id.as_deref().unwrap_or(""), status = %t.status,
+        newly_resolved, note = %note, cause = "operator",
+        "transfer: anomaly resolved by an operator"
+    );
+    if kind == TransferAnomalyKind::UnreadableAnswer
+        && matches!(
+            t.status,
+            TransferStatus::Indeterminate | TransferStatus::ReversalIndeterminate
+        )
+    {
+        let manager = if t.status == TransferStatus::Indeterminate {
+            WorkerKind::Transfer
+        } else {
+            WorkerKind::Reversal
+        };
+        ctx.work
+            .schedule(&[WorkOrder {
+                manager: manager.name().to_owned(),
+                stream_id: stream.to_string(),
+                due_at: now,
+            }])
+            .await?;
+    }
+    Ok(ResolvedAnomaly {
+        transfer_id,
+        kind: kind.as_str().to_owned(),
+        provider_id,
+        newly_resolved,
+    })
 }

@@ -933,6 +933,7 @@ pub fn event_at(event: &AnyEvent) -> DateTime<Utc> {
             | T::TransferOutcomeUnknown { at, .. }
             | T::TransferAttemptAbsent { at, .. }
             | T::TransferAnomalyRecorded { at, .. }
+            | T::TransferAnomalyResolved { at, .. }
             | T::TransferReversalOutcomeUnknown { at, .. }
             | T::TransferReversalAttemptAbsent { at, .. },
         ) => *at,
@@ -1302,7 +1303,7 @@ fn apply_transfer(
             t.attempt = i64::from(*attempt);
             status = Some(TransferStatus::Pending);
         }
-        T::TransferAnomalyRecorded { .. } => {}
+        T::TransferAnomalyRecorded { .. } | T::TransferAnomalyResolved { .. } => {}
         T::TransferReversalOutcomeUnknown { error, .. } => {
             t.next_retry_at = None;
             t.last_error = Some(error.clone());
