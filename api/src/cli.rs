@@ -46,7 +46,8 @@ pub enum Command {
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Audit every stream: hash chains, history re-validation through the
-    /// current core, journal invariants. Exits 1 with one FINDING line each.
+    /// current core, journal invariants. Exits 0 clean, 1 with findings (one
+    /// FINDING line each), 2 when it could not run (usage, store unreachable).
     Verify(VerifyArgs),
     /// Stored events, byte-exact with their hashes, for auditors.
     Export(ExportArgs),
@@ -250,12 +251,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Verify(args) => {
-            let (_, backend) = open_migrated(database_url).await?;
-            if args.projections {
-                let diff = crate::verify::ProjectionDiff::of(&backend);
-                crate::verify::run(&backend, &[&diff]).await
-            } else {
-                crate::verify::run(&backend, &[]).await
+            // 1 means findings, so an error that kept the audit from running
+            // (no store, an unreadable feed) must not look like one.
+            match verify(database_url, &args).await {
+                Ok(code) => Ok(code),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    Ok(ExitCode::from(crate::verify::EXIT_ERROR))
+                }
             }
         }
         Command::Export(args) => {
@@ -314,5 +317,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bench::append(args.store, database_url, options).await?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+async fn verify(database_url: Option<&str>, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    let (_, backend) = open_migrated(database_url).await?;
+    if args.projections {
+        let diff = crate::verify::ProjectionDiff::of(&backend);
+        crate::verify::run(&backend, &[&diff]).await
+    } else {
+        crate::verify::run(&backend, &[]).await
     }
 }

@@ -99,6 +99,15 @@ pub const DEFAULT_STRIPE_BASE_URL: &str = "https://api.stripe.com";
 /// when this was written. Without a pin the account's default version
 /// applies, which can change under the ledger.
 pub const DEFAULT_STRIPE_API_VERSION: &str = ledger_psp::stripe::DEFAULT_API_VERSION;
+/// Shortest `LEDGER_API_TOKEN` / `LEDGER_ADMIN_TOKEN` production accepts:
+/// 32 random characters (e.g. `openssl rand -hex 16` or longer) are beyond
+/// guessing at any request rate the API allows.
+pub const TOKEN_CHARS_MIN: usize = 32;
+/// Hosts of the providers' sandbox and test environments, compared with the
+/// host parsed from the base URL (case-insensitive, trailing dot ignored).
+/// Stripe has none: its one host serves both modes and the key decides
+/// (`sk_test_`/`rk_test_`, see [`ProductionRefusal::StripeTestKey`]).
+pub const PSP_SANDBOX_HOSTS: &[&str] = &["sandbox.hyperswitch.io"];
 /// Payments are on unless explicitly turned off (a safeguard, not a feature).
 pub const DEFAULT_HYPERSWITCH_ENABLED: bool = true;
 /// Bound on one PSP request. Hyperswitch and Stripe answer in well under a
@@ -339,11 +348,23 @@ pub enum ProductionRefusal {
     HyperswitchApiKeyMissing,
     HyperswitchSandbox,
     ApiTokenMissing,
+    ApiTokenTooShort,
     AdminTokenMissing,
+    AdminTokenTooShort,
     AdminTokenSameAsApiToken,
     SqliteStore,
+    /// `var` is `DATABASE_URL` or `DATABASE_READ_URL`.
+    DatabaseWithoutTls {
+        var: &'static str,
+    },
+    /// `var` is `HYPERSWITCH_BASE_URL` or `STRIPE_BASE_URL`.
+    PspUrlNotHttps {
+        var: &'static str,
+    },
     PspFake,
-    BypassFlag { var: &'static str },
+    BypassFlag {
+        var: &'static str,
+    },
     StripeSecretMissing,
     StripeTestKey,
 }
@@ -356,11 +377,15 @@ impl ProductionRefusal {
             ProductionRefusal::WebhookSecretMissing => var::HYPERSWITCH_WEBHOOK_SECRET,
             ProductionRefusal::HyperswitchApiKeyMissing => var::HYPERSWITCH_API_KEY,
             ProductionRefusal::HyperswitchSandbox => var::HYPERSWITCH_BASE_URL,
-            ProductionRefusal::ApiTokenMissing => var::API_TOKEN,
-            ProductionRefusal::AdminTokenMissing | ProductionRefusal::AdminTokenSameAsApiToken => {
-                var::ADMIN_TOKEN
+            ProductionRefusal::ApiTokenMissing | ProductionRefusal::ApiTokenTooShort => {
+                var::API_TOKEN
             }
+            ProductionRefusal::AdminTokenMissing
+            | ProductionRefusal::AdminTokenTooShort
+            | ProductionRefusal::AdminTokenSameAsApiToken => var::ADMIN_TOKEN,
             ProductionRefusal::SqliteStore => var::DATABASE_URL,
+            ProductionRefusal::DatabaseWithoutTls { var }
+            | ProductionRefusal::PspUrlNotHttps { var } => var,
             ProductionRefusal::PspFake => var::PSP_FAKE,
             ProductionRefusal::BypassFlag { var } => var,
             ProductionRefusal::StripeSecretMissing | ProductionRefusal::StripeTestKey => {
@@ -405,6 +430,18 @@ impl fmt::Display for ProductionRefusal {
                 "LEDGER_API_TOKEN is not set: there is no credential to check bearer tokens against, \
                  so every order and refund request would be rejected with 401; set LEDGER_API_TOKEN.",
             ),
+            ProductionRefusal::ApiTokenTooShort => write!(
+                f,
+                "LEDGER_API_TOKEN is shorter than {TOKEN_CHARS_MIN} characters: a short bearer token \
+                 can be guessed, and whoever guesses it can place orders and request refunds; set \
+                 LEDGER_API_TOKEN to at least {TOKEN_CHARS_MIN} random characters."
+            ),
+            ProductionRefusal::AdminTokenTooShort => write!(
+                f,
+                "LEDGER_ADMIN_TOKEN is shorter than {TOKEN_CHARS_MIN} characters: a short admin \
+                 token can be guessed, and whoever guesses it can retry transfers and force \
+                 reconciles; set LEDGER_ADMIN_TOKEN to at least {TOKEN_CHARS_MIN} random characters."
+            ),
             ProductionRefusal::AdminTokenMissing => f.write_str(
                 "LEDGER_ADMIN_TOKEN is not set: every admin request would be rejected, leaving \
                  operators no way to retry a transfer or force a reconcile during an incident; set \
@@ -419,6 +456,20 @@ impl fmt::Display for ProductionRefusal {
                 "DATABASE_URL is unset or not a postgres:// URL, so the ledger would run on the \
                  embedded SQLite file, a single-file store with no replication or backup where one \
                  lost disk loses every event; set DATABASE_URL=postgres://….",
+            ),
+            ProductionRefusal::DatabaseWithoutTls { var } => write!(
+                f,
+                "{var} points at a Postgres server beyond this machine without sslmode=require, \
+                 verify-ca or verify-full: the database credentials and every event, balance and \
+                 payout would cross the network in plaintext, readable and alterable by anyone on \
+                 the path (sslmode=prefer silently falls back to plaintext); add \
+                 sslmode=verify-full (with sslrootcert=<CA file>) or at least sslmode=require to {var}."
+            ),
+            ProductionRefusal::PspUrlNotHttps { var } => write!(
+                f,
+                "{var} is not an https:// URL: the provider API key and every payment, refund and \
+                 transfer request would cross the network in plaintext, readable and alterable by \
+                 anyone on the path; set {var} to the provider's https:// endpoint."
             ),
             ProductionRefusal::PspFake => f.write_str(
                 "LEDGER_PSP_FAKE=true selects the in-process PSP fake: orders would be marked paid \
@@ -629,12 +680,23 @@ impl Config {
         if self.hyperswitch.api_key.is_none() {
             refusals.push(ProductionRefusal::HyperswitchApiKeyMissing);
         }
-        if is_hyperswitch_sandbox(&self.hyperswitch.base_url) {
+        if is_psp_sandbox(&self.hyperswitch.base_url) {
             refusals.push(ProductionRefusal::HyperswitchSandbox);
+        }
+        for (var, url) in [
+            (var::HYPERSWITCH_BASE_URL, &self.hyperswitch.base_url),
+            (var::STRIPE_BASE_URL, &self.stripe.base_url),
+        ] {
+            if !is_https(url) {
+                refusals.push(ProductionRefusal::PspUrlNotHttps { var });
+            }
         }
         match &self.api_token {
             None => refusals.push(ProductionRefusal::ApiTokenMissing),
             Some(api) => {
+                if is_short_token(api) {
+                    refusals.push(ProductionRefusal::ApiTokenTooShort);
+                }
                 if self
                     .admin_token
                     .as_ref()
@@ -644,11 +706,25 @@ impl Config {
                 }
             }
         }
-        if self.admin_token.is_none() {
-            refusals.push(ProductionRefusal::AdminTokenMissing);
+        match &self.admin_token {
+            None => refusals.push(ProductionRefusal::AdminTokenMissing),
+            Some(admin) if is_short_token(admin) => {
+                refusals.push(ProductionRefusal::AdminTokenTooShort);
+            }
+            Some(_) => {}
         }
         if !self.store_is_postgres() {
             refusals.push(ProductionRefusal::SqliteStore);
+        }
+        for (var, url) in [
+            (var::DATABASE_URL, &self.database_url),
+            (var::DATABASE_READ_URL, &self.database_read_url),
+        ] {
+            if let Some(url) = url
+                && postgres_url_sends_plaintext(url)
+            {
+                refusals.push(ProductionRefusal::DatabaseWithoutTls { var });
+            }
         }
         if self.psp_mode == PspMode::Fake {
             refusals.push(ProductionRefusal::PspFake);
@@ -735,7 +811,20 @@ impl Config {
                 .database_url
                 .as_deref()
                 .map_or_else(|| UNSET_SHOWN.to_owned(), |url| truncate(&redact_url(url))),
+            ProductionRefusal::DatabaseWithoutTls { var } => {
+                let url = if var == var::DATABASE_READ_URL {
+                    &self.database_read_url
+                } else {
+                    &self.database_url
+                };
+                truncate(&redact_url(url.as_deref().unwrap_or_default()))
+            }
             ProductionRefusal::HyperswitchSandbox => truncate(&self.hyperswitch.base_url),
+            ProductionRefusal::PspUrlNotHttps { var } => truncate(if var == var::STRIPE_BASE_URL {
+                &self.stripe.base_url
+            } else {
+                &self.hyperswitch.base_url
+            }),
             ProductionRefusal::PaymentsDisabled => "false".to_owned(),
             ProductionRefusal::PspFake | ProductionRefusal::BypassFlag { .. } => "true".to_owned(),
             ProductionRefusal::ApiTokenMissing
@@ -743,9 +832,10 @@ impl Config {
             | ProductionRefusal::WebhookSecretMissing
             | ProductionRefusal::HyperswitchApiKeyMissing
             | ProductionRefusal::StripeSecretMissing => UNSET_SHOWN.to_owned(),
-            ProductionRefusal::AdminTokenSameAsApiToken | ProductionRefusal::StripeTestKey => {
-                MASK.to_owned()
-            }
+            ProductionRefusal::AdminTokenSameAsApiToken
+            | ProductionRefusal::ApiTokenTooShort
+            | ProductionRefusal::AdminTokenTooShort
+            | ProductionRefusal::StripeTestKey => MASK.to_owned(),
         };
         ConfigWarning {
             var: refusal.var(),
@@ -1241,14 +1331,74 @@ fn presence(secret: &Option<Secret>) -> &'static str {
     if secret.is_some() { "set" } else { "unset" }
 }
 
-fn is_hyperswitch_sandbox(base_url: &str) -> bool {
-    let host = base_url
-        .split_once("://")
-        .map_or(base_url, |(_, rest)| rest)
-        .split(['/', ':', '?'])
-        .next()
-        .unwrap_or_default();
-    host.eq_ignore_ascii_case("sandbox.hyperswitch.io")
+/// Whether the URL's parsed host is one of [`PSP_SANDBOX_HOSTS`]. A host
+/// that merely contains a sandbox name (`sandbox.hyperswitch.io.example`,
+/// a self-hosted `hyperswitch.example.com`) is not one.
+fn is_psp_sandbox(base_url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(base_url) else {
+        return false;
+    };
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    PSP_SANDBOX_HOSTS
+        .iter()
+        .any(|sandbox| host.eq_ignore_ascii_case(sandbox))
+}
+
+fn is_https(url: &str) -> bool {
+    reqwest::Url::parse(url).is_ok_and(|u| u.scheme() == "https" && u.host_str().is_some())
+}
+
+fn is_short_token(token: &Secret) -> bool {
+    token.expose().chars().count() < TOKEN_CHARS_MIN
+}
+
+/// Whether connecting to this `postgres://` URL may send credentials and
+/// data in plaintext over a network: a host beyond loopback (or one that
+/// cannot be told) and an `sslmode` that does not demand TLS (`prefer`, the
+/// default, falls back to plaintext). Unix sockets and loopback never leave
+/// the machine. Other URLs (SQLite) are not Postgres's business.
+fn postgres_url_sends_plaintext(url: &str) -> bool {
+    if !matches!(StoreUrl::parse(Some(url)), Ok(StoreUrl::Postgres(_))) {
+        return false;
+    }
+    let Ok(parsed) = reqwest::Url::parse(url.trim()) else {
+        return true;
+    };
+    let mut host = parsed.host_str().map(str::to_owned);
+    let mut sslmode = None;
+    // Later parameters override earlier ones, as sqlx applies them in order.
+    for (key, value) in parsed.query_pairs() {
+        match &*key {
+            "sslmode" | "ssl-mode" => sslmode = Some(value.to_ascii_lowercase()),
+            "host" | "hostaddr" => host = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    let demands_tls = matches!(
+        sslmode.as_deref(),
+        Some("require" | "verify-ca" | "verify-full")
+    );
+    !demands_tls && !host.as_deref().is_some_and(is_local_host)
+}
+
+/// Loopback names and addresses, and Unix socket directories.
+fn is_local_host(host: &str) -> bool {
+    if host.starts_with('/') || host.starts_with("%2F") || host.starts_with("%2f") {
+        return true;
+    }
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn is_stripe_test_key(key: &str) -> bool {
@@ -1321,7 +1471,10 @@ mod tests {
             (var::APP_ENV, "production".to_owned()),
             (
                 var::DATABASE_URL,
-                format!("postgres://ledger:{DB_PASSWORD}@db.internal:5432/ledger"),
+                format!(
+                    "postgres://ledger:{DB_PASSWORD}@db.internal:5432/ledger\
+                     ?sslmode=verify-full&sslrootcert=/etc/ledger/db-ca.pem"
+                ),
             ),
             (var::API_TOKEN, API_TOKEN.to_owned()),
             (var::ADMIN_TOKEN, ADMIN_TOKEN.to_owned()),
@@ -2133,8 +2286,152 @@ mod tests {
                 "single-file store with no replication or backup",
             );
         }
-        let env = production_with(var::DATABASE_URL, Some("postgresql://db/ledger"));
+        let env = production_with(
+            var::DATABASE_URL,
+            Some("postgresql://db/ledger?sslmode=require"),
+        );
         assert!(load_owned(&env).is_ok());
+    }
+
+    #[test]
+    fn production_refuses_a_postgres_url_beyond_loopback_without_tls() {
+        for var in [var::DATABASE_URL, var::DATABASE_READ_URL] {
+            for url in [
+                format!("postgres://ledger:{DB_PASSWORD}@db.internal:5432/ledger"),
+                format!("postgres://ledger:{DB_PASSWORD}@db.internal/ledger?sslmode=prefer"),
+                "postgres://ledger@10.0.0.5/ledger?sslmode=disable".to_owned(),
+                "postgres://ledger@db.internal/ledger?sslmode=allow".to_owned(),
+                "postgresql://ledger@[2001:db8::1]:5432/ledger".to_owned(),
+                // The last sslmode wins, as in sqlx; `host=` overrides the authority.
+                "postgres://ledger@db.internal/ledger?sslmode=require&sslmode=prefer".to_owned(),
+                "postgres://ledger@localhost/ledger?host=db.internal".to_owned(),
+            ] {
+                let env = production_with(var, Some(&url));
+                check_rule(
+                    env.clone(),
+                    ProductionRefusal::DatabaseWithoutTls { var },
+                    "in plaintext",
+                );
+                let text = load_owned(&env).unwrap_err().to_string();
+                assert!(text.contains("sslmode=verify-full"), "{text}");
+                assert_no_secret(&text);
+            }
+        }
+    }
+
+    #[test]
+    fn production_accepts_postgres_with_tls_or_on_this_machine() {
+        for url in [
+            "postgres://ledger@db.internal/ledger?sslmode=require",
+            "postgres://ledger@db.internal/ledger?sslmode=verify-ca&sslrootcert=/ca.pem",
+            "postgres://ledger@db.internal/ledger?sslmode=VERIFY-FULL",
+            "postgres://ledger@db.internal/ledger?ssl-mode=verify-full",
+            "postgres://ledger@localhost/ledger",
+            "postgres://ledger@LOCALHOST./ledger",
+            "postgres://ledger@127.0.0.1:5432/ledger",
+            "postgres://ledger@127.8.9.10/ledger?sslmode=prefer",
+            "postgres://ledger@[::1]:5432/ledger",
+            "postgres://ledger@db.internal/ledger?host=/var/run/postgresql",
+            "postgres://ledger@%2Fvar%2Frun%2Fpostgresql/ledger",
+        ] {
+            let mut env = production_with(var::DATABASE_URL, Some(url));
+            env.push((var::DATABASE_READ_URL, url.to_owned()));
+            if let Err(e) = load_owned(&env) {
+                panic!("{url}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn staging_advises_on_a_plaintext_postgres_url_without_its_password() {
+        let url = format!("postgres://ledger:{DB_PASSWORD}@db.internal/ledger");
+        let (_, w) = load_ok(&[(var::APP_ENV, "staging"), (var::DATABASE_URL, &url)]);
+        let advice = w
+            .iter()
+            .find(|w| w.reason.contains("in plaintext"))
+            .expect("an advisory on the plaintext database URL");
+        assert_eq!(advice.var, var::DATABASE_URL);
+        assert_eq!(
+            advice.value_shown,
+            "postgres://ledger:***@db.internal/ledger"
+        );
+        assert_no_secret(&advice.to_string());
+    }
+
+    #[test]
+    fn production_refuses_tokens_shorter_than_32_characters() {
+        let short = "s".repeat(TOKEN_CHARS_MIN - 1);
+        check_rule(
+            production_with(var::API_TOKEN, Some(&short)),
+            ProductionRefusal::ApiTokenTooShort,
+            "at least 32 random characters",
+        );
+        check_rule(
+            production_with(var::ADMIN_TOKEN, Some(&short)),
+            ProductionRefusal::AdminTokenTooShort,
+            "at least 32 random characters",
+        );
+        let text = load_owned(&production_with(var::ADMIN_TOKEN, Some(&short)))
+            .unwrap_err()
+            .to_string();
+        assert!(!text.contains(&short), "{text}");
+        // Characters, not bytes: 31 two-byte characters are still too short.
+        let short_multibyte = "é".repeat(TOKEN_CHARS_MIN - 1);
+        assert_eq!(
+            refusals_of(&production_with(var::API_TOKEN, Some(&short_multibyte))),
+            vec![ProductionRefusal::ApiTokenTooShort]
+        );
+        let exact = "e".repeat(TOKEN_CHARS_MIN);
+        let mut env = production_with(var::API_TOKEN, Some(&exact));
+        env.retain(|(k, _)| *k != var::ADMIN_TOKEN);
+        env.push((var::ADMIN_TOKEN, "f".repeat(TOKEN_CHARS_MIN)));
+        assert!(load_owned(&env).is_ok());
+    }
+
+    #[test]
+    fn production_refuses_psp_base_urls_that_are_not_https() {
+        for (var, url) in [
+            (
+                var::HYPERSWITCH_BASE_URL,
+                "http://hyperswitch.internal:8080",
+            ),
+            (var::STRIPE_BASE_URL, "http://api.stripe.com"),
+        ] {
+            check_rule(
+                production_with(var, Some(url)),
+                ProductionRefusal::PspUrlNotHttps { var },
+                "in plaintext",
+            );
+        }
+        let env = production_with(var::STRIPE_BASE_URL, Some("https://api.stripe.com/"));
+        assert!(load_owned(&env).is_ok());
+    }
+
+    #[test]
+    fn the_sandbox_is_told_by_the_parsed_host_not_by_a_substring() {
+        for url in [
+            "https://SANDBOX.hyperswitch.io.",
+            "https://sandbox.hyperswitch.io:443/api",
+            "https://ops@sandbox.hyperswitch.io",
+        ] {
+            check_rule(
+                production_with(var::HYPERSWITCH_BASE_URL, Some(url)),
+                ProductionRefusal::HyperswitchSandbox,
+                "sandbox",
+            );
+        }
+        // A self-hosted Hyperswitch, whatever its name or path says.
+        for url in [
+            "https://hyperswitch.example.com",
+            "https://sandbox.hyperswitch.io.example.com",
+            "https://payments.example.com/sandbox.hyperswitch.io",
+            "https://sandbox-hyperswitch.example.com",
+        ] {
+            let env = production_with(var::HYPERSWITCH_BASE_URL, Some(url));
+            if let Err(e) = load_owned(&env) {
+                panic!("{url}: {e}");
+            }
+        }
     }
 
     #[test]
@@ -2294,7 +2591,7 @@ mod tests {
         let mut env = production_env();
         env.push((
             var::DATABASE_READ_URL,
-            format!("postgres://reader:{DB_PASSWORD}@replica/ledger"),
+            format!("postgres://reader:{DB_PASSWORD}@replica/ledger?sslmode=require"),
         ));
         let (c, _) = load_owned(&env).unwrap();
         assert_eq!(c.api_token.as_ref().map(Secret::expose), Some(API_TOKEN));
@@ -2320,6 +2617,44 @@ mod tests {
                 summary.contains(expected),
                 "{expected} missing from {summary}"
             );
+        }
+    }
+
+    #[test]
+    fn a_password_in_the_query_string_never_appears_in_debug_the_summary_or_advice() {
+        let mut env = production_with(
+            var::DATABASE_URL,
+            Some(&format!(
+                "postgres://ledger@db.internal/ledger?password={DB_PASSWORD}&sslmode=require"
+            )),
+        );
+        env.push((
+            var::DATABASE_READ_URL,
+            format!("postgres://reader@replica/ledger?sslmode=require&password={DB_PASSWORD}"),
+        ));
+        let (c, _) = load_owned(&env).unwrap();
+        let summary = c.redacted_summary();
+        assert_no_secret(&summary);
+        assert!(
+            summary.contains("store=postgres postgres://ledger@db.internal/ledger?password=***&"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains(
+                "read_replica=postgres://reader@replica/ledger?sslmode=require&password=***"
+            ),
+            "{summary}"
+        );
+        assert_no_secret(&format!("{c:?}"));
+        // The staging advisory shows the URL it is about, password hidden.
+        let url = format!("postgres://ledger@db.internal/ledger?password={DB_PASSWORD}");
+        let (_, w) = load_ok(&[(var::APP_ENV, "staging"), (var::DATABASE_URL, &url)]);
+        assert!(
+            w.iter().any(|w| w.value_shown.contains("password=***")),
+            "{w:?}"
+        );
+        for warning in &w {
+            assert_no_secret(&warning.to_string());
         }
     }
 

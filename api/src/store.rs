@@ -58,16 +58,22 @@ impl StoreUrl {
     }
 }
 
-/// Replaces the password of a `scheme://user:password@host` URL with `***`.
+/// Query parameters whose value is a password (sqlx reads `password` from
+/// the query as well as from the user info; `sslpassword` unlocks a key).
+const PASSWORD_PARAMS: [&str; 2] = ["password", "sslpassword"];
+
+/// Replaces every password of a URL with `***`: the one of
+/// `scheme://user:password@host` and the value of a `password=` (or
+/// `sslpassword=`) query parameter, however its name is percent-encoded.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let (authority, tail) = match rest.find(['/', '?']) {
+    let (authority, tail) = match rest.find(['/', '?', '#']) {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
     };
-    match authority.rsplit_once('@') {
+    let authority = match authority.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split(':').next().unwrap_or("");
             let masked = if userinfo.contains(':') {
@@ -75,10 +81,71 @@ pub fn redact_url(url: &str) -> String {
             } else {
                 user.to_owned()
             };
-            format!("{scheme}://{masked}@{host}{tail}")
+            format!("{masked}@{host}")
         }
-        None => url.to_owned(),
+        None => authority.to_owned(),
+    };
+    format!("{scheme}://{authority}{}", redact_query(tail))
+}
+
+/// `tail` (path, query, fragment) with the values of [`PASSWORD_PARAMS`]
+/// replaced by `***`.
+fn redact_query(tail: &str) -> String {
+    let Some((path, query_and_fragment)) = tail.split_once('?') else {
+        return tail.to_owned();
+    };
+    let (query, fragment) = match query_and_fragment.split_once('#') {
+        Some((query, fragment)) => (query, Some(fragment)),
+        None => (query_and_fragment, None),
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if is_password_param(key) => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    let mut out = format!("{path}?{}", pairs.join("&"));
+    if let Some(fragment) = fragment {
+        out.push('#');
+        out.push_str(fragment);
     }
+    out
+}
+
+fn is_password_param(key: &str) -> bool {
+    let decoded = percent_decode_lossy(key);
+    PASSWORD_PARAMS
+        .iter()
+        .any(|name| decoded.eq_ignore_ascii_case(name))
+}
+
+/// `%XX` and `+` decoded as a query-string key is; anything malformed kept.
+fn percent_decode_lossy(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&byte) = bytes.get(i) {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (byte, hex) {
+            (b'%', Some(decoded)) => {
+                out.push(decoded);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (other, _) => {
+                out.push(other);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// An opened backend.
@@ -187,5 +254,45 @@ mod tests {
             redact_url("postgres://u:p@ss@h/db"),
             "postgres://u:***@h/db"
         );
+    }
+
+    #[test]
+    fn redacts_passwords_in_the_query_string() {
+        assert_eq!(
+            redact_url("postgres://u@h/db?sslmode=require&password=hunter2&x=1"),
+            "postgres://u@h/db?sslmode=require&password=***&x=1"
+        );
+        assert_eq!(
+            redact_url("postgres://u:pw@h/db?password=hunter2"),
+            "postgres://u:***@h/db?password=***"
+        );
+        // No path, another case, an encoded name, a key password, a fragment.
+        assert_eq!(
+            redact_url("postgres://h?PASSWORD=hunter2#frag"),
+            "postgres://h?PASSWORD=***#frag"
+        );
+        assert_eq!(
+            redact_url("postgres://h/db?pass%77ord=hunter2&sslpassword=hunter3"),
+            "postgres://h/db?pass%77ord=***&sslpassword=***"
+        );
+        // Names that only contain "password" are not passwords.
+        assert_eq!(
+            redact_url("postgres://h/db?password_hint=x&options=-c%20password%3D1"),
+            "postgres://h/db?password_hint=x&options=-c%20password%3D1"
+        );
+    }
+
+    #[test]
+    fn a_query_string_password_is_hidden_wherever_the_url_is_printed() {
+        let url = "postgres://u@db.internal/ledger?password=hunter2&sslmode=require";
+        let described = StoreUrl::parse(Some(url)).unwrap().describe();
+        assert_eq!(
+            described,
+            "postgres postgres://u@db.internal/ledger?password=***&sslmode=require"
+        );
+        let e = StoreUrl::parse(Some("mysql://h/db?password=hunter2"))
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2"), "{e}");
     }
 }

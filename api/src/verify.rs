@@ -1,7 +1,10 @@
 //! `ledger verify`: the audit pass of [`ledger_projections::verify`] with a
 //! progress bar, findings one per line on stdout and a summary.
 //!
-//! Exit status: 0 when clean (counts printed), 1 with findings. Every finding
+//! Exit status: 0 when clean (counts printed), 1 with findings, 2 when the
+//! audit could not run (a usage error, an unreachable or unreadable store:
+//! [`EXIT_ERROR`]), so a script can tell "the ledger is wrong" from "the check
+//! did not happen". Every finding
 //! is one line `FINDING stream=<id> version=<v> kind=<k> detail=<…>`, so
 //! `ledger verify | grep '^FINDING'` lists them all.
 
@@ -13,6 +16,11 @@ use ledger_projections::verify::{ExtraCheck, VerifyOptions, VerifyReport, verify
 use ledger_store::EventStore;
 
 use crate::store::Backend;
+
+/// Exit status with findings.
+pub const EXIT_FINDINGS: u8 = 1;
+/// Exit status when the audit could not run; clap's usage errors use it too.
+pub const EXIT_ERROR: u8 = 2;
 
 /// The backend's event store as a shared handle (the verifier reads the feed
 /// on its own task).
@@ -54,7 +62,7 @@ pub async fn run(backend: &Backend, extra: &[&dyn ExtraCheck]) -> anyhow::Result
     Ok(if report.is_clean() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(EXIT_FINDINGS)
     })
 }
 

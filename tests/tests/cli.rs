@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ledger, ok, pg_base, stderr};
+use common::{ledger, ok, pg_base, stderr, stdout};
 
 use std::path::Path;
 
@@ -278,4 +278,80 @@ fn bench_append_reports_both_paths_and_the_ratio() {
     assert!(out.contains("ratio ledger/baseline throughput: "), "{out}");
     // The bench must not touch the real store.
     assert!(!dir.path().join("data/ledger.db").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_exits_0_clean_1_with_findings_2_when_it_cannot_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let url = format!("sqlite://{}", db.display());
+    let path = dir.path().to_owned();
+    let u = url.clone();
+    let (demo, clean) = tokio::task::spawn_blocking(move || {
+        let demo = ok(&ledger(&u, &["demo", "--day", "v"], &path));
+        (demo, ledger(&u, &["verify"], &path))
+    })
+    .await
+    .unwrap();
+    assert_eq!(clean.status.code(), Some(0), "{}", stderr(&clean));
+    assert!(
+        stdout(&clean).contains("verify: clean"),
+        "{}",
+        stdout(&clean)
+    );
+
+    let order = demo_streams(&demo)[0].clone();
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let changed = sqlx::query(
+        "update event set payload = replace(payload, '\"quantity\":1', '\"quantity\":2') \
+         where stream_id = $1 and stream_version = 1",
+    )
+    .bind(&order)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(changed.rows_affected(), 1);
+    conn.close().await.unwrap();
+
+    let path = dir.path().to_owned();
+    let (findings, unreachable, usage) = tokio::task::spawn_blocking(move || {
+        (
+            ledger(&url, &["verify"], &path),
+            ledger("postgres://admin:hunter2@127.0.0.1:1/x", &["verify"], &path),
+            ledger(&url, &["verify", "--no-such-flag"], &path),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(findings.status.code(), Some(1), "{}", stderr(&findings));
+    assert!(
+        stdout(&findings)
+            .lines()
+            .any(|l| l.starts_with("FINDING") && l.contains(&order)),
+        "{}",
+        stdout(&findings)
+    );
+
+    // Not a finding: the audit did not run.
+    assert_eq!(
+        unreachable.status.code(),
+        Some(2),
+        "{}",
+        stderr(&unreachable)
+    );
+    let err = stderr(&unreachable);
+    assert!(err.contains("cannot connect"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(
+        !stdout(&unreachable).contains("verify: "),
+        "{}",
+        stdout(&unreachable)
+    );
+
+    assert_eq!(usage.status.code(), Some(2), "{}", stderr(&usage));
+    assert!(
+        stderr(&usage).contains("--no-such-flag"),
+        "{}",
+        stderr(&usage)
+    );
 }

@@ -19,8 +19,8 @@ use ledger_core::ids::OrderId;
 use process::{ServeProcess, Stopped, free_port, ledger_cmd};
 use uuid::Uuid;
 
-const P_API_TOKEN: &str = "apitok-PROC-SENTINEL-3c5e7a9b1d";
-const P_ADMIN_TOKEN: &str = "admtok-PROC-SENTINEL-2b4d6f8a0c";
+const P_API_TOKEN: &str = "apitok-PROC-SENTINEL-3c5e7a9b1d0f2e4d";
+const P_ADMIN_TOKEN: &str = "admtok-PROC-SENTINEL-2b4d6f8a0c1e3f5a";
 const P_WEBHOOK_SECRET: &str = "whsec-PROC-SENTINEL-9e7c5a3b1f";
 const P_HS_API_KEY: &str = "snd-hskey-PROC-SENTINEL-1234";
 const P_STRIPE_KEY: &str = "sk_live_PROC-SENTINEL-5678";

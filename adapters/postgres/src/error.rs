@@ -39,10 +39,19 @@ fn describe(err: &sqlx::Error) -> String {
             Some(code) => format!("database error {code}: {}", db.message()),
             None => format!("database error: {}", db.message()),
         },
-        sqlx::Error::Io(io) => format!("cannot talk to the database: {}", io.kind()),
+        // tokio-rustls reports a refused handshake (an untrusted certificate,
+        // one for another host) as `InvalidData` wrapping rustls's error.
+        sqlx::Error::Io(io) => match io.get_ref() {
+            Some(inner) if io.kind() == std::io::ErrorKind::InvalidData => {
+                format!("TLS with the database failed: {inner}")
+            }
+            _ => format!("cannot talk to the database: {}", io.kind()),
+        },
         sqlx::Error::PoolTimedOut => "timed out waiting for a database connection".to_owned(),
         sqlx::Error::PoolClosed => "the connection pool is closed".to_owned(),
-        sqlx::Error::Tls(_) => "TLS handshake with the database failed".to_owned(),
+        // The reason is sqlx's or rustls's own text ("server does not
+        // support TLS", "invalid peer certificate: …"), never the options.
+        sqlx::Error::Tls(e) => format!("TLS with the database failed: {e}"),
         sqlx::Error::Configuration(e) => format!("invalid database configuration: {e}"),
         other => other.to_string(),
     }
@@ -106,26 +115,42 @@ impl From<StoreError> for AttemptError {
     }
 }
 
-/// Replaces the password of `url` (raw and percent-decoded) in `message`.
+/// Replaces the passwords of `url` (raw and percent-decoded) in `message`.
 pub(crate) fn redact(message: &str, url: &str) -> String {
-    let Some(password) = password_of(url) else {
-        return message.to_owned();
-    };
-    let mut out = message.replace(password, "***");
-    let decoded = percent_decode(password);
-    if !decoded.is_empty() {
-        out = out.replace(&decoded, "***");
+    let mut out = message.to_owned();
+    for password in passwords_of(url) {
+        out = out.replace(password, "***");
+        let decoded = percent_decode(password);
+        if !decoded.is_empty() {
+            out = out.replace(&decoded, "***");
+        }
     }
     out
 }
 
-/// The `password` of `scheme://user:password@host…`, if any.
-fn password_of(url: &str) -> Option<&str> {
+/// The `password` of `scheme://user:password@host…` and the values of the
+/// `password` and `sslpassword` query parameters (sqlx reads both).
+fn passwords_of(url: &str) -> Vec<&str> {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = rest.split(['/', '?']).next().unwrap_or(rest);
-    let (userinfo, _) = authority.rsplit_once('@')?;
-    let (_, password) = userinfo.split_once(':')?;
-    (!password.is_empty()).then_some(password)
+    let mut out = Vec::new();
+    if let Some((userinfo, _)) = authority.rsplit_once('@')
+        && let Some((_, password)) = userinfo.split_once(':')
+    {
+        out.push(password);
+    }
+    if let Some((_, query)) = rest.split_once('?') {
+        let query = query.split('#').next().unwrap_or(query);
+        for pair in query.split('&') {
+            if let Some((key, value)) = pair.split_once('=')
+                && matches!(percent_decode(key).as_str(), "password" | "sslpassword")
+            {
+                out.push(value);
+            }
+        }
+    }
+    out.retain(|p| !p.is_empty());
+    out
 }
 
 fn percent_decode(text: &str) -> String {
@@ -162,5 +187,7 @@ mod tests {
         assert_eq!(redact("p@ss and p%40ss", url), "*** and ***");
         assert_eq!(redact("nothing", "postgres://u@h/db"), "nothing");
         assert_eq!(redact("nothing", "not a url"), "nothing");
+        let url = "postgres://u@h/db?sslmode=require&password=qu%3Fery&x=1";
+        assert_eq!(redact("qu?ery and qu%3Fery", url), "*** and ***");
     }
 }
