@@ -28,7 +28,7 @@ http_tests!(
 );
 
 /// Every route the router serves, as `(method, OpenAPI path)`.
-const ROUTES: [(&str, &str); 18] = [
+const ROUTES: [(&str, &str); 19] = [
     ("post", "/v1/orders"),
     ("get", "/v1/orders"),
     ("get", "/v1/orders/{id}"),
