@@ -205,6 +205,8 @@ struct Activity {
     last_active: AtomicU64,
     /// When the headers now being read started; 0 when none are.
     head_started: AtomicU64,
+    /// Wakes the watchdog when a deadline may have moved.
+    changed: tokio::sync::Notify,
 }
 
 /// Marks a request in flight until dropped.
@@ -214,6 +216,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.last_active.store(self.0.now(), Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_one();
     }
 }
 
@@ -225,6 +228,7 @@ impl Activity {
             last_active: AtomicU64::new(1),
             // A new connection owes its first request's headers at once.
             head_started: AtomicU64::new(1),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -242,9 +246,12 @@ impl Activity {
         let now = self.now();
         self.last_active.store(now, Ordering::Relaxed);
         if self.in_flight.load(Ordering::Acquire) == 0 {
-            let _ = self
-                .head_started
-                .compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
+            let started =
+                self.head_started
+                    .compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
+            if started.is_ok() {
+                self.changed.notify_one();
+            }
         }
     }
 
@@ -256,6 +263,7 @@ impl Activity {
     fn request_started(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(0, Ordering::Release);
+        self.changed.notify_one();
         InFlight(Arc::clone(self))
     }
 
@@ -271,17 +279,19 @@ impl Activity {
                 }
                 deadline
             } else if self.in_flight.load(Ordering::Acquire) > 0 {
-                // The request context bounds the request; look again later.
-                now + header_read.min(idle)
+                // The request context bounds the request; its end wakes us.
+                now + idle
             } else {
                 let deadline = self.at(self.last_active.load(Ordering::Relaxed)) + idle;
                 if now >= deadline {
                     return "HTTP_IDLE_TIMEOUT";
                 }
-                // Headers may start arriving meanwhile: look again by then.
-                deadline.min(now + header_read)
+                deadline
             };
-            tokio::time::sleep_until(wake).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => {}
+                () = self.changed.notified() => {}
+            }
         }
     }
 }
