@@ -226,6 +226,9 @@ pub async fn http(
         // would also wait on a PSP round trip, which is the PSP's latency,
         // not the ledger's.
         ("HYPERSWITCH_ENABLED", "false".to_owned()),
+        // A bench is a flood by design: the per-token limit would measure
+        // itself, not the ledger.
+        ("DISABLE_RATE_LIMIT_FOR_TESTS", "1".to_owned()),
     ]);
     let (config, _) = Config::from_env(&|k: &str| env.get(k).cloned())
         .map_err(|e| anyhow::anyhow!("bench config: {e}"))?;

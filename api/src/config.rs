@@ -85,6 +85,15 @@ pub mod var {
     pub const PSP_TIMEOUT: &str = "PSP_TIMEOUT";
     pub const PROJECTION_COALESCE: &str = "PROJECTION_COALESCE";
     pub const DISABLE_RATE_LIMIT_FOR_TESTS: &str = "DISABLE_RATE_LIMIT_FOR_TESTS";
+    pub const RATE_LIMIT_PER_TOKEN: &str = "RATE_LIMIT_PER_TOKEN";
+    pub const RATE_LIMIT_PER_TOKEN_BURST: &str = "RATE_LIMIT_PER_TOKEN_BURST";
+    pub const RATE_LIMIT_WEBHOOK_PER_IP: &str = "RATE_LIMIT_WEBHOOK_PER_IP";
+    pub const RATE_LIMIT_WEBHOOK_PER_IP_BURST: &str = "RATE_LIMIT_WEBHOOK_PER_IP_BURST";
+    pub const MAX_IN_FLIGHT_REQUESTS: &str = "MAX_IN_FLIGHT_REQUESTS";
+    pub const MAX_CONNECTIONS: &str = "MAX_CONNECTIONS";
+    pub const HEADER_READ_TIMEOUT: &str = "HEADER_READ_TIMEOUT";
+    pub const HTTP_IDLE_TIMEOUT: &str = "HTTP_IDLE_TIMEOUT";
+    pub const SHUTDOWN_GRACE: &str = "SHUTDOWN_GRACE";
 }
 
 /// Local only: a remote listener must be asked for explicitly.
@@ -156,6 +165,57 @@ pub const PROJECTION_COALESCE_MAX: Duration = Duration::from_secs(10);
 /// No interval, threshold or backoff here makes sense beyond a week; a longer
 /// one is a units typo that would quietly stop the work it schedules.
 pub const DURATION_MAX: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// Requests per second one API token may make on `/v1`. The API token is
+/// the marketplace backend's one credential, so this is the whole
+/// marketplace's traffic to the ledger: 500/s is several times a busy
+/// marketplace's peak (checkouts, refunds, balance reads) and about what one
+/// ledger process serves on Postgres (`ledger bench http`), so a runaway
+/// client loop or a leaked token cannot take the whole capacity.
+pub const DEFAULT_RATE_LIMIT_PER_TOKEN: u32 = 500;
+/// Requests one token may send at once above the steady rate (a batch job
+/// starting, a retry wave after a blip).
+pub const DEFAULT_RATE_LIMIT_PER_TOKEN_BURST: u32 = 1_000;
+/// Webhook deliveries per second from one source IP (an IPv6 /64).
+/// Hyperswitch delivers from a few addresses, one delivery per payment or
+/// refund state change: 50/s per address is far above a marketplace's
+/// payment rate, while a single host flooding the unauthenticated route
+/// (each delivery costs an HMAC and a log row) is cut off.
+pub const DEFAULT_RATE_LIMIT_WEBHOOK_PER_IP: u32 = 50;
+/// A backlog Hyperswitch flushes after an outage arrives as a burst.
+pub const DEFAULT_RATE_LIMIT_WEBHOOK_PER_IP_BURST: u32 = 200;
+/// A rate above this is a units typo (and no longer limits anything).
+pub const RATE_LIMIT_MAX: u32 = 1_000_000;
+/// Requests being handled at once, all routes but `/healthz`, `/readyz` and
+/// `/metrics`; beyond it a request is shed with 503 at once instead of
+/// queueing behind the database. Group commit makes hundreds of concurrent
+/// commands cheap, but past a few hundred they only wait on the pool and
+/// time out after [`crate::http::REQUEST_TIMEOUT`] anyway.
+pub const DEFAULT_MAX_IN_FLIGHT_REQUESTS: u32 = 512;
+/// Open HTTP connections; a new one beyond it is closed at once. Twice the
+/// in-flight cap leaves room for idle keep-alive connections of a pooled
+/// client or load balancer; the process needs a file-descriptor limit
+/// above it plus the database pools (`ulimit -n` 4096 is plenty).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 1_024;
+/// A cap above this is a typo: the process would run out of descriptors first.
+pub const MAX_CONNECTIONS_MAX: u32 = 1_000_000;
+/// Time a client has to send a request's headers, counted from the
+/// connection's opening or from its first byte after an idle keep-alive
+/// spell. Legitimate clients send headers in one packet; a slow-loris one
+/// is cut off after this.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Headers that take longer than this are not a slow network.
+pub const HEADER_READ_TIMEOUT_MAX: Duration = Duration::from_secs(5 * 60);
+/// An idle keep-alive connection is closed after this. Longer than the
+/// usual load balancer idle timeout (60 s), so the balancer, not the ledger,
+/// closes first and never sends a request on a connection being closed.
+pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+pub const HTTP_IDLE_TIMEOUT_MAX: Duration = Duration::from_secs(60 * 60);
+/// After a shutdown signal, in-flight requests have this long to finish;
+/// then their connections are closed. Above the request time limit (15 s),
+/// so every request that can finish does, and below Kubernetes' default
+/// 30 s termination grace, leaving time to stop the workers.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+pub const SHUTDOWN_GRACE_MAX: Duration = Duration::from_secs(10 * 60);
 /// Long enough to recognise a value in a log line, short enough to keep a
 /// pasted blob out of it.
 pub const VALUE_SHOWN_CHARS_MAX: usize = 64;
@@ -288,6 +348,53 @@ pub struct RetryWorkerConfig {
     pub backoff_max: Duration,
 }
 
+/// A token-bucket rate: `per_second` on average, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+/// Rate limits, load shedding and connection hygiene of the HTTP server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// `RATE_LIMIT_PER_TOKEN` / `_BURST`: each bearer token on `/v1`.
+    pub per_token: RateLimit,
+    /// `RATE_LIMIT_WEBHOOK_PER_IP` / `_BURST`: each source IP on
+    /// `/webhooks/hyperswitch`.
+    pub webhook_per_ip: RateLimit,
+    /// `MAX_IN_FLIGHT_REQUESTS`: beyond it, 503.
+    pub max_in_flight: u32,
+    /// `MAX_CONNECTIONS`: beyond it, a new connection is closed.
+    pub max_connections: u32,
+    /// `HEADER_READ_TIMEOUT`.
+    pub header_read_timeout: Duration,
+    /// `HTTP_IDLE_TIMEOUT`.
+    pub idle_timeout: Duration,
+    /// `SHUTDOWN_GRACE`.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            per_token: RateLimit {
+                per_second: DEFAULT_RATE_LIMIT_PER_TOKEN,
+                burst: DEFAULT_RATE_LIMIT_PER_TOKEN_BURST,
+            },
+            webhook_per_ip: RateLimit {
+                per_second: DEFAULT_RATE_LIMIT_WEBHOOK_PER_IP,
+                burst: DEFAULT_RATE_LIMIT_WEBHOOK_PER_IP_BURST,
+            },
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT_REQUESTS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_HTTP_IDLE_TIMEOUT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}
+
 /// The whole configuration. `Debug` is hand-written: secrets print `***` and
 /// database URLs lose their password.
 #[derive(Clone)]
@@ -315,6 +422,9 @@ pub struct Config {
     pub projection_coalesce: Duration,
     /// `DISABLE_RATE_LIMIT_FOR_TESTS`: test runners only; refused in production.
     pub disable_rate_limit_for_tests: bool,
+    /// Rate limits and connection hygiene (see [`LimitsConfig`]); the rate
+    /// limits are off when `disable_rate_limit_for_tests` is set.
+    pub limits: LimitsConfig,
 }
 
 /// A value that was not used as given. The caller logs each at WARN.
@@ -640,6 +750,7 @@ impl Config {
                 Zero::Off,
             ),
             disable_rate_limit_for_tests: r.bool(var::DISABLE_RATE_LIMIT_FOR_TESTS, false),
+            limits: r.limits(),
         };
 
         let mut warnings = r.warnings;
@@ -751,6 +862,12 @@ impl Config {
     /// One line for the start-up log: every setting, secrets as `set`/`unset`,
     /// database URLs without their password.
     pub fn redacted_summary(&self) -> String {
+        let mut summary = self.redacted_summary_base();
+        summary.push_str(&format!(" limits=({})", summary_limits(&self.limits)));
+        summary
+    }
+
+    fn redacted_summary_base(&self) -> String {
         let store = match StoreUrl::parse(self.database_url.as_deref()) {
             Ok(url) => url.describe(),
             Err(_) => format!(
@@ -911,6 +1028,7 @@ impl fmt::Debug for Config {
                 "disable_rate_limit_for_tests",
                 &self.disable_rate_limit_for_tests,
             )
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -1157,6 +1275,54 @@ impl Reader<'_> {
                 );
                 DEFAULT_LISTEN_ADDR
             }
+        }
+    }
+
+    fn rate_limit(
+        &mut self,
+        per_second: &'static str,
+        burst: &'static str,
+        default: RateLimit,
+    ) -> RateLimit {
+        RateLimit {
+            per_second: self.u32(per_second, default.per_second, RATE_LIMIT_MAX),
+            burst: self.u32(burst, default.burst, RATE_LIMIT_MAX),
+        }
+    }
+
+    fn limits(&mut self) -> LimitsConfig {
+        let d = LimitsConfig::default();
+        LimitsConfig {
+            per_token: self.rate_limit(
+                var::RATE_LIMIT_PER_TOKEN,
+                var::RATE_LIMIT_PER_TOKEN_BURST,
+                d.per_token,
+            ),
+            webhook_per_ip: self.rate_limit(
+                var::RATE_LIMIT_WEBHOOK_PER_IP,
+                var::RATE_LIMIT_WEBHOOK_PER_IP_BURST,
+                d.webhook_per_ip,
+            ),
+            max_in_flight: self.u32(var::MAX_IN_FLIGHT_REQUESTS, d.max_in_flight, RATE_LIMIT_MAX),
+            max_connections: self.u32(var::MAX_CONNECTIONS, d.max_connections, MAX_CONNECTIONS_MAX),
+            header_read_timeout: self.duration_up_to(
+                var::HEADER_READ_TIMEOUT,
+                d.header_read_timeout,
+                HEADER_READ_TIMEOUT_MAX,
+                Zero::Invalid,
+            ),
+            idle_timeout: self.duration_up_to(
+                var::HTTP_IDLE_TIMEOUT,
+                d.idle_timeout,
+                HTTP_IDLE_TIMEOUT_MAX,
+                Zero::Invalid,
+            ),
+            shutdown_grace: self.duration_up_to(
+                var::SHUTDOWN_GRACE,
+                d.shutdown_grace,
+                SHUTDOWN_GRACE_MAX,
+                Zero::Invalid,
+            ),
         }
     }
 
@@ -1415,6 +1581,22 @@ fn summary_reconcile(c: &ReconcileConfig) -> String {
         format_duration(c.refund_stuck_after),
         format_duration(c.refund_orphan_after),
         c.batch_limit,
+    )
+}
+
+fn summary_limits(c: &LimitsConfig) -> String {
+    format!(
+        "per_token={}/s burst={} webhook_per_ip={}/s burst={} max_in_flight={} \
+         max_connections={} header_read_timeout={} idle_timeout={} shutdown_grace={}",
+        c.per_token.per_second,
+        c.per_token.burst,
+        c.webhook_per_ip.per_second,
+        c.webhook_per_ip.burst,
+        c.max_in_flight,
+        c.max_connections,
+        format_duration(c.header_read_timeout),
+        format_duration(c.idle_timeout),
+        format_duration(c.shutdown_grace),
     )
 }
 
@@ -2704,6 +2886,208 @@ mod tests {
         assert!(warnings.iter().any(|w| w.var == var::ADMIN_TOKEN));
         for w in &warnings {
             assert!(!w.to_string().contains("SENTINEL"), "{w}");
+        }
+    }
+
+    // ---- rate limits and connection hygiene ------------------------------
+
+    #[test]
+    fn limits_default_to_the_documented_production_values() {
+        let (c, warnings) = load_ok(&[]);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            c.limits,
+            LimitsConfig {
+                per_token: RateLimit {
+                    per_second: 500,
+                    burst: 1_000,
+                },
+                webhook_per_ip: RateLimit {
+                    per_second: 50,
+                    burst: 200,
+                },
+                max_in_flight: 512,
+                max_connections: 1_024,
+                header_read_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(75),
+                shutdown_grace: Duration::from_secs(20),
+            }
+        );
+        // Production takes them as they are: no limit can be switched off
+        // there (the bypass flag is refused, see below).
+        let (c, warnings) = load_owned(&production_env()).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(c.limits, LimitsConfig::default());
+    }
+
+    #[test]
+    fn every_limit_is_read_from_its_variable() {
+        let (c, warnings) = load_ok(&[
+            (var::RATE_LIMIT_PER_TOKEN, "7"),
+            (var::RATE_LIMIT_PER_TOKEN_BURST, "9"),
+            (var::RATE_LIMIT_WEBHOOK_PER_IP, "3"),
+            (var::RATE_LIMIT_WEBHOOK_PER_IP_BURST, "4"),
+            (var::MAX_IN_FLIGHT_REQUESTS, "1"),
+            (var::MAX_CONNECTIONS, "2"),
+            (var::HEADER_READ_TIMEOUT, "200ms"),
+            (var::HTTP_IDLE_TIMEOUT, "2m"),
+            (var::SHUTDOWN_GRACE, "1s500ms"),
+        ]);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            c.limits,
+            LimitsConfig {
+                per_token: RateLimit {
+                    per_second: 7,
+                    burst: 9,
+                },
+                webhook_per_ip: RateLimit {
+                    per_second: 3,
+                    burst: 4,
+                },
+                max_in_flight: 1,
+                max_connections: 2,
+                header_read_timeout: Duration::from_millis(200),
+                idle_timeout: Duration::from_secs(120),
+                shutdown_grace: Duration::from_millis(1_500),
+            }
+        );
+        let summary = c.redacted_summary();
+        for expected in [
+            "limits=(per_token=7/s burst=9 webhook_per_ip=3/s burst=4 max_in_flight=1",
+            "max_connections=2 header_read_timeout=200ms idle_timeout=2m shutdown_grace=1s500ms)",
+        ] {
+            assert!(
+                summary.contains(expected),
+                "{expected} missing from {summary}"
+            );
+        }
+        assert!(format!("{c:?}").contains("max_connections: 2"));
+    }
+
+    type LimitIntField = fn(&Config) -> u32;
+
+    const LIMIT_INT_FIELDS: [(&str, LimitIntField, u32, u32); 6] = [
+        (
+            var::RATE_LIMIT_PER_TOKEN,
+            |c| c.limits.per_token.per_second,
+            DEFAULT_RATE_LIMIT_PER_TOKEN,
+            RATE_LIMIT_MAX,
+        ),
+        (
+            var::RATE_LIMIT_PER_TOKEN_BURST,
+            |c| c.limits.per_token.burst,
+            DEFAULT_RATE_LIMIT_PER_TOKEN_BURST,
+            RATE_LIMIT_MAX,
+        ),
+        (
+            var::RATE_LIMIT_WEBHOOK_PER_IP,
+            |c| c.limits.webhook_per_ip.per_second,
+            DEFAULT_RATE_LIMIT_WEBHOOK_PER_IP,
+            RATE_LIMIT_MAX,
+        ),
+        (
+            var::RATE_LIMIT_WEBHOOK_PER_IP_BURST,
+            |c| c.limits.webhook_per_ip.burst,
+            DEFAULT_RATE_LIMIT_WEBHOOK_PER_IP_BURST,
+            RATE_LIMIT_MAX,
+        ),
+        (
+            var::MAX_IN_FLIGHT_REQUESTS,
+            |c| c.limits.max_in_flight,
+            DEFAULT_MAX_IN_FLIGHT_REQUESTS,
+            RATE_LIMIT_MAX,
+        ),
+        (
+            var::MAX_CONNECTIONS,
+            |c| c.limits.max_connections,
+            DEFAULT_MAX_CONNECTIONS,
+            MAX_CONNECTIONS_MAX,
+        ),
+    ];
+
+    /// Zero, negative, garbage or absurd never turns a limit off: the
+    /// default applies, with a WARN naming the variable. Production too.
+    #[test]
+    fn a_bad_limit_falls_back_to_its_default_with_a_warning_even_in_production() {
+        for (name, field, default, max) in LIMIT_INT_FIELDS {
+            let above = (u64::from(max) + 1).to_string();
+            for (bad, reason) in [
+                ("0", "zero"),
+                ("-1", "negative"),
+                ("many", "not an integer"),
+                ("10/s", "not an integer"),
+                (above.as_str(), "above the maximum"),
+            ] {
+                let (c, warnings) = load_ok(&[(name, bad)]);
+                assert_eq!(field(&c), default, "{name}={bad}");
+                assert_eq!(warnings.len(), 1, "{name}={bad}: {warnings:?}");
+                assert_eq!(
+                    (warnings[0].var, warnings[0].value_shown.as_str()),
+                    (name, bad)
+                );
+                assert_eq!(warnings[0].default_used, Some(default.to_string()));
+                assert!(warnings[0].reason.contains(reason), "{name}={bad}");
+            }
+            let mut env = production_env();
+            env.push((name, "0".to_owned()));
+            let (c, warnings) = load_owned(&env).unwrap();
+            assert_eq!(field(&c), default, "{name}=0 in production");
+            assert_eq!(warnings.len(), 1, "{name}: {warnings:?}");
+        }
+    }
+
+    type LimitDurationField = fn(&Config) -> Duration;
+
+    const LIMIT_DURATION_FIELDS: [(&str, LimitDurationField, Duration, &str); 3] = [
+        (
+            var::HEADER_READ_TIMEOUT,
+            |c| c.limits.header_read_timeout,
+            DEFAULT_HEADER_READ_TIMEOUT,
+            "5m1s",
+        ),
+        (
+            var::HTTP_IDLE_TIMEOUT,
+            |c| c.limits.idle_timeout,
+            DEFAULT_HTTP_IDLE_TIMEOUT,
+            "1h0m1s",
+        ),
+        (
+            var::SHUTDOWN_GRACE,
+            |c| c.limits.shutdown_grace,
+            DEFAULT_SHUTDOWN_GRACE,
+            "10m1s",
+        ),
+    ];
+
+    #[test]
+    fn a_bad_connection_timeout_falls_back_to_its_default_with_a_warning() {
+        for (name, field, default, above_max) in LIMIT_DURATION_FIELDS {
+            let (c, warnings) = load_ok(&[(name, "250ms")]);
+            assert_eq!(field(&c), Duration::from_millis(250), "{name}");
+            assert!(warnings.is_empty(), "{name}: {warnings:?}");
+            for (bad, reason) in [
+                ("0", "zero"),
+                ("0s", "zero"),
+                ("-1s", "negative"),
+                ("10", "missing unit"),
+                ("soon", "not a duration"),
+                (above_max, "above the maximum"),
+            ] {
+                let (c, warnings) = load_ok(&[(name, bad)]);
+                assert_eq!(field(&c), default, "{name}={bad}");
+                assert_eq!(warnings.len(), 1, "{name}={bad}: {warnings:?}");
+                assert_eq!(warnings[0].var, name);
+                assert_eq!(
+                    warnings[0].default_used.as_deref(),
+                    Some(format_duration(default).as_str())
+                );
+                assert!(
+                    warnings[0].reason.contains(reason),
+                    "{name}={bad}: {}",
+                    warnings[0].reason
+                );
+            }
         }
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! **Guarantees:** start-up refuses an unsafe production config before
 //! opening a port; shutdown (SIGTERM/SIGINT or [`RunningServer::shutdown`])
-//! stops accepting, lets in-flight requests finish, stops every worker at a
-//! safe point (between batches), then closes the pools.
+//! stops accepting, lets in-flight requests finish for at most
+//! `SHUTDOWN_GRACE` (then closes their connections), stops every worker at
+//! a safe point (between batches), then closes the pools.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -31,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AppEnv, Config, ConfigWarning, PspMode};
 use crate::http::auth::{TokenDigest, Tokens};
+use crate::http::conn::ConnLimits;
+use crate::http::limits::Limits;
 use crate::http::metrics::Metrics;
 use crate::http::{AppState, HttpSettings, Inner, WebhookKey, app};
 use crate::managers::{ManagerOps, PspLink, WorkerMode};
@@ -40,8 +43,6 @@ use crate::store::{Backend, StoreUrl};
 pub const READINESS_LAG_MAX: u64 = 10_000;
 /// How often the webhook-log retention sweep runs.
 pub const RETENTION_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
-/// Grace for in-flight requests and workers after a shutdown signal.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// The storage ports of one opened backend.
 #[derive(Clone)]
@@ -97,6 +98,8 @@ pub struct RunningServer {
     workers: Vec<JoinHandle<()>>,
     managers: Option<Managers>,
     fake: Option<FakeHandle>,
+    /// `SHUTDOWN_GRACE`: for in-flight requests, then for each worker.
+    grace: Duration,
 }
 
 impl RunningServer {
@@ -111,7 +114,7 @@ impl RunningServer {
         let served = self.server.await.context("server task panicked")?;
         self.cancel.cancel();
         for w in self.workers {
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, w).await;
+            let _ = tokio::time::timeout(self.grace, w).await;
         }
         if let Some(fake) = self.fake {
             fake.shutdown().await;
@@ -305,17 +308,25 @@ pub async fn start(
         admin: ops.clone().map(|o| o as Arc<dyn crate::http::AdminOps>),
         payments: ops.map(|o| o as Arc<dyn crate::http::PaymentStarter>),
         wake,
+        limits: Limits::new(&config.limits, !config.disable_rate_limit_for_tests),
     }));
+    if config.disable_rate_limit_for_tests {
+        tracing::warn!(
+            "RATE LIMITS OFF (DISABLE_RATE_LIMIT_FOR_TESTS): no /v1 token or webhook source is limited"
+        );
+    }
+    workers.push(tokio::spawn(crate::http::limits::sweep_until(
+        state.clone(),
+        cancel.clone(),
+    )));
     let router = app(state.clone());
-    let shutdown = cancel.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-    });
+    let server = tokio::spawn(crate::http::conn::serve(
+        listener,
+        router,
+        ConnLimits::from(&config.limits),
+        state.metrics.clone(),
+        cancel.clone(),
+    ));
     tracing::info!(%addr, "ledger listening");
     Ok(RunningServer {
         addr,
@@ -325,6 +336,7 @@ pub async fn start(
         workers,
         managers,
         fake,
+        grace: config.limits.shutdown_grace,
     })
 }
 

@@ -30,6 +30,11 @@ impl TokenDigest {
         TokenDigest(Sha256::digest(token.as_bytes()).into())
     }
 
+    /// The rate limiter's key for this token: its digest, never the token.
+    pub fn limiter_key(&self) -> [u8; 32] {
+        self.0
+    }
+
     fn matches(&self, presented: &str) -> bool {
         let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         bool::from(self.0.ct_eq(&presented))

@@ -56,6 +56,20 @@ pub enum ApiError {
     /// with `Retry-After`.
     #[error("{message}")]
     Unavailable { message: String },
+    /// 429: this client (token or source IP) is over its rate; the
+    /// response carries `Retry-After` (whole seconds, at least 1).
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
+    /// 503: the server is at its in-flight cap and sheds the request at
+    /// once; `Retry-After` says when to try again.
+    #[error("{message}")]
+    Overloaded {
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("request timed out")]
     Timeout,
     /// 500: logged with its cause; the body says only that it failed.
@@ -108,6 +122,8 @@ impl ApiError {
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -125,6 +141,8 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::NotImplemented { .. } => "not_implemented",
             ApiError::Unavailable { .. } => "unavailable",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Overloaded { .. } => "overloaded",
             ApiError::Timeout => "timeout",
             ApiError::Internal(_) => "internal",
         }
@@ -157,7 +175,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        if let ApiError::Overloaded { .. } = self {
+            // Shedding is the server working as designed, not a failure.
+            tracing::warn!(code = self.code(), "request shed");
+        } else if status.is_server_error() {
             tracing::error!(code = self.code(), error = %self, "request failed");
         } else {
             tracing::info!(
@@ -180,6 +201,17 @@ impl IntoResponse for ApiError {
                 );
             }
             _ => {}
+        }
+        if let ApiError::RateLimited {
+            retry_after_secs, ..
+        }
+        | ApiError::Overloaded {
+            retry_after_secs, ..
+        } = self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         response
     }

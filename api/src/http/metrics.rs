@@ -38,6 +38,23 @@ struct ProjectionLabels {
     projection: String,
 }
 
+/// The `method` label of a request: one of a fixed set, so a client
+/// inventing method names (`FOO /v1/orders`) cannot add label series,
+/// which are never freed.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// Latency buckets: 1 ms doubling to ~32 s.
 const LATENCY_BUCKETS: u16 = 16;
 
@@ -49,6 +66,8 @@ pub struct Metrics {
     webhooks: Family<ResultLabels, Counter>,
     replays: Family<ScopeLabels, Counter>,
     lag: Family<ProjectionLabels, Gauge>,
+    connections_open: Gauge,
+    connections_refused: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -98,8 +117,22 @@ impl Metrics {
             "Events between a projection's checkpoint and the store head",
             lag.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "ledger_http_connections_open",
+            "HTTP connections open now",
+            connections_open.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "ledger_http_connections_refused",
+            "HTTP connections closed at once because MAX_CONNECTIONS were open",
+            connections_refused.clone(),
+        );
         Metrics {
             registry: Arc::new(Mutex::new(registry)),
+            connections_open,
+            connections_refused,
             requests,
             latency,
             webhooks,
@@ -108,7 +141,14 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, route: &str, method: &str, status: u16, elapsed: std::time::Duration) {
+    /// Counts one request. `method` is the label from [`method_label`].
+    pub fn request(
+        &self,
+        route: &str,
+        method: &'static str,
+        status: u16,
+        elapsed: std::time::Duration,
+    ) {
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.to_owned(),
@@ -121,6 +161,15 @@ impl Metrics {
                 route: route.to_owned(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// A connection was accepted (`+1`) or closed (`-1`).
+    pub fn connections_open(&self, delta: i64) {
+        self.connections_open.inc_by(delta);
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
     }
 
     pub fn webhook(&self, result: &str) {

@@ -9,12 +9,17 @@
 //! **Guarantees:** every route has a body limit and a time limit; every
 //! response carries `X-Request-Id` (echoed when the client sent a sane one),
 //! and every log line inside a request carries it too; every `/v1` route
-//! needs a bearer token, `/v1/admin` the admin one.
+//! needs a bearer token, `/v1/admin` the admin one; every `/v1` token and
+//! every webhook source is rate-limited and requests beyond the in-flight
+//! cap are shed ([`limits`]); connections have header-read and idle
+//! timeouts, a cap, and a bounded shutdown drain ([`conn`]).
 
 pub mod auth;
 pub mod commands;
+pub mod conn;
 pub mod error;
 pub mod idempotency;
+pub mod limits;
 pub mod metrics;
 pub mod ops;
 pub mod queries;
@@ -144,6 +149,8 @@ pub struct Inner {
     pub payments: Option<Arc<dyn PaymentStarter>>,
     /// Woken after every append so projectors pick it up at once.
     pub wake: Arc<tokio::sync::Notify>,
+    /// Rate limits and the in-flight cap.
+    pub limits: limits::Limits,
 }
 
 impl std::fmt::Debug for Inner {
@@ -194,6 +201,7 @@ async fn request_context(
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().as_str().to_owned();
+    let method_label = metrics::method_label(request.method());
     request
         .extensions_mut()
         .insert(RequestId(request_id.clone()));
@@ -212,7 +220,7 @@ async fn request_context(
     }
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    state.metrics.request(&route, &method, status, elapsed);
+    state.metrics.request(&route, method_label, status, elapsed);
     span.in_scope(|| {
         tracing::info!(status, elapsed_ms = elapsed.as_millis() as u64, "request");
     });
@@ -341,6 +349,10 @@ pub fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) 
         .routes(routes!(commands::reconcile_provider))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
+            limits::limit_token,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
             auth::require_admin,
         ));
     let v1 = OpenApiRouter::new()
@@ -356,12 +368,22 @@ pub fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) 
         .routes(routes!(queries::anomalies))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
+            limits::limit_token,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
             auth::require_api,
+        ));
+    let webhooks = OpenApiRouter::new()
+        .routes(routes!(webhook::hyperswitch))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::limit_webhook,
         ));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(admin)
         .merge(v1)
-        .routes(routes!(webhook::hyperswitch))
+        .merge(webhooks)
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
@@ -388,6 +410,10 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async {
             ApiError::not_found("route_not_found", "no such route; see /openapi.json")
         })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::shed_load,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             request_context,

@@ -211,12 +211,15 @@ impl std::fmt::Debug for TestApp {
 }
 
 /// The env of every test app: both tokens and the webhook secret, so every
-/// guard is on. `overrides` add or replace; an empty value removes.
+/// guard is on but the rate limits. `overrides` add or replace; an empty value removes.
 pub fn test_env(overrides: &[(&str, &str)]) -> HashMap<String, String> {
     let mut env: HashMap<String, String> = [
         ("LEDGER_API_TOKEN", API_TOKEN),
         ("LEDGER_ADMIN_TOKEN", ADMIN_TOKEN),
         ("HYPERSWITCH_WEBHOOK_SECRET", WEBHOOK_SECRET),
+        // Suites send requests as fast as they can; the limits' own tests
+        // turn them back on (`("DISABLE_RATE_LIMIT_FOR_TESTS", "")`).
+        ("DISABLE_RATE_LIMIT_FOR_TESTS", "1"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
