@@ -17,7 +17,7 @@ use ledger_projections::clock::{Clock, SystemClock};
 use ledger_projections::managers::Managers;
 use ledger_projections::query::QueryStore;
 use ledger_projections::readmodel::{ReadModel, ReadModelProjection};
-use ledger_projections::retention::{self, RetentionConfig};
+use ledger_projections::retention::{self, IdempotencyRetention, RetentionConfig};
 use ledger_projections::runtime::Projector;
 use ledger_psp_fake::{FakeHandle, FakePsp, WebhookTarget};
 use ledger_store::EventStore;
@@ -253,6 +253,21 @@ pub async fn start(
             clock.clone(),
             cfg,
             RETENTION_INTERVAL,
+            cancel.clone(),
+        )));
+    }
+
+    // Idempotency-record purge.
+    {
+        let cfg = IdempotencyRetention {
+            retention: config.idempotency_retention,
+            ..IdempotencyRetention::default()
+        };
+        workers.push(tokio::spawn(retention::run_idempotency_purge(
+            ports.idempotency.clone(),
+            clock.clone(),
+            cfg,
+            retention::IDEMPOTENCY_SWEEP_INTERVAL,
             cancel.clone(),
         )));
     }
