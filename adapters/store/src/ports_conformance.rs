@@ -835,6 +835,8 @@ fn entry(n: i64) -> WebhookLogEntry {
         event_id: Some(format!("evt_{n}")),
         received_at: at(n),
         delivery_id: Some(delivery(n)),
+        payload_sha256: None,
+        payload_len: None,
     }
 }
 
@@ -856,6 +858,11 @@ pub async fn webhook_log_every_field_round_trips<S: WebhookLogStore>(store: &S) 
         event_id: None,
         received_at: at(2) + micros(123_456),
         delivery_id: None,
+        // A cut-down unsigned body: its whole body's hash and length.
+        payload_sha256: Some(
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".to_owned(),
+        ),
+        payload_len: Some(65_536),
     };
     let error = WebhookLogEntry {
         payload: "not json \u{1F4B8}".to_owned(),
