@@ -194,19 +194,33 @@ pub async fn start(
     mode: WorkerMode,
 ) -> anyhow::Result<RunningServer> {
     let ports = Ports::of(backend);
+    // Query endpoints read through a pool of their own whose statements
+    // Postgres cancels after READ_STATEMENT_TIMEOUT; the writer has no limit.
+    let read_timeout = config.read_statement_timeout;
     let reads: Arc<dyn QueryStore> = match config.database_read_url.as_deref() {
         Some(url) => match StoreUrl::parse(Some(url))? {
-            StoreUrl::Postgres(u) => Arc::new(PgStore::connect(&u).await.with_context(|| {
-                format!(
-                    "cannot connect to DATABASE_READ_URL {}",
-                    crate::store::redact_url(&u)
-                )
-            })?),
+            StoreUrl::Postgres(u) => Arc::new(
+                PgStore::connect_reads(&u, read_timeout)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot connect to DATABASE_READ_URL {}",
+                            crate::store::redact_url(&u)
+                        )
+                    })?,
+            ),
             StoreUrl::Sqlite(_) => anyhow::bail!(
                 "DATABASE_READ_URL must be a Postgres replica (postgres://…); the embedded SQLite store has no replicas"
             ),
         },
-        None => ports.reads.clone(),
+        None => match backend {
+            Backend::Postgres(s) => Arc::new(
+                s.read_pool(read_timeout)
+                    .await
+                    .context("cannot open the read pool")?,
+            ),
+            Backend::Sqlite(_) => ports.reads.clone(),
+        },
     };
     let settings = settings(config)?;
     if settings.tokens.is_open() {
