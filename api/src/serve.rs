@@ -97,6 +97,7 @@ pub struct RunningServer {
     workers: Vec<JoinHandle<()>>,
     managers: Option<Managers>,
     fake: Option<FakeHandle>,
+    read_pool: Option<PgStore>,
 }
 
 impl RunningServer {
@@ -130,6 +131,12 @@ impl RunningServer {
     }
 
     /// The in-process PSP fake (`PspMode::Fake` only).
+    /// The Postgres read pool the query endpoints use (the replica's, or
+    /// the server's own with `statement_timeout`); `None` on SQLite.
+    pub fn read_pool(&self) -> Option<&PgStore> {
+        self.read_pool.as_ref()
+    }
+
     pub fn fake(&self) -> Option<&FakePsp> {
         self.fake.as_deref()
     }
@@ -197,9 +204,9 @@ pub async fn start(
     // Query endpoints read through a pool of their own whose statements
     // Postgres cancels after READ_STATEMENT_TIMEOUT; the writer has no limit.
     let read_timeout = config.read_statement_timeout;
-    let reads: Arc<dyn QueryStore> = match config.database_read_url.as_deref() {
+    let read_pool: Option<PgStore> = match config.database_read_url.as_deref() {
         Some(url) => match StoreUrl::parse(Some(url))? {
-            StoreUrl::Postgres(u) => Arc::new(
+            StoreUrl::Postgres(u) => Some(
                 PgStore::connect_reads(&u, read_timeout)
                     .await
                     .with_context(|| {
@@ -214,13 +221,17 @@ pub async fn start(
             ),
         },
         None => match backend {
-            Backend::Postgres(s) => Arc::new(
+            Backend::Postgres(s) => Some(
                 s.read_pool(read_timeout)
                     .await
                     .context("cannot open the read pool")?,
             ),
-            Backend::Sqlite(_) => ports.reads.clone(),
+            Backend::Sqlite(_) => None,
         },
+    };
+    let reads: Arc<dyn QueryStore> = match &read_pool {
+        Some(pool) => Arc::new(pool.clone()),
+        None => ports.reads.clone(),
     };
     let settings = settings(config)?;
     if settings.tokens.is_open() {
@@ -354,6 +365,7 @@ pub async fn start(
         workers,
         managers,
         fake,
+        read_pool,
     })
 }
 
