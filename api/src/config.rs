@@ -84,6 +84,8 @@ pub mod var {
     pub const PSP_FAKE: &str = "LEDGER_PSP_FAKE";
     pub const PSP_TIMEOUT: &str = "PSP_TIMEOUT";
     pub const PROJECTION_COALESCE: &str = "PROJECTION_COALESCE";
+    pub const IDEMPOTENCY_RETENTION: &str = "IDEMPOTENCY_RETENTION";
+    pub const READ_STATEMENT_TIMEOUT: &str = "READ_STATEMENT_TIMEOUT";
     pub const DISABLE_RATE_LIMIT_FOR_TESTS: &str = "DISABLE_RATE_LIMIT_FOR_TESTS";
     pub const RATE_LIMIT_PER_TOKEN: &str = "RATE_LIMIT_PER_TOKEN";
     pub const RATE_LIMIT_PER_TOKEN_BURST: &str = "RATE_LIMIT_PER_TOKEN_BURST";
@@ -162,6 +164,16 @@ pub const DEFAULT_PROJECTION_COALESCE: Duration = Duration::from_millis(250);
 /// A longer wait only makes the read models staler: batches are already
 /// large ([`ledger_projections::runtime::BATCH`] at most).
 pub const PROJECTION_COALESCE_MAX: Duration = Duration::from_secs(10);
+/// Completed idempotency records (and the responses they replay, PSP client
+/// secrets included) are kept this long: a client retries within minutes,
+/// and Stripe keeps its own keys for 24 hours.
+pub const DEFAULT_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// Ninety days; longer only keeps client secrets around.
+pub const IDEMPOTENCY_RETENTION_MAX: Duration = Duration::from_secs(90 * 24 * 60 * 60);
+/// Longest a query on the read pool (query endpoints, read models) may run
+/// before Postgres cancels it: the endpoints answer in milliseconds, so this
+/// only stops a runaway query from holding a connection.
+pub const DEFAULT_READ_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// No interval, threshold or backoff here makes sense beyond a week; a longer
 /// one is a units typo that would quietly stop the work it schedules.
 pub const DURATION_MAX: Duration = Duration::from_secs(7 * 24 * 60 * 60);
@@ -420,6 +432,12 @@ pub struct Config {
     pub psp_timeout: Duration,
     /// `PROJECTION_COALESCE`: see [`DEFAULT_PROJECTION_COALESCE`].
     pub projection_coalesce: Duration,
+    /// `IDEMPOTENCY_RETENTION`: completed idempotency records older than
+    /// this are purged (see [`DEFAULT_IDEMPOTENCY_RETENTION`]).
+    pub idempotency_retention: Duration,
+    /// `READ_STATEMENT_TIMEOUT`: Postgres `statement_timeout` on the read
+    /// pool (see [`DEFAULT_READ_STATEMENT_TIMEOUT`]).
+    pub read_statement_timeout: Duration,
     /// `DISABLE_RATE_LIMIT_FOR_TESTS`: test runners only; refused in production.
     pub disable_rate_limit_for_tests: bool,
     /// Rate limits and connection hygiene (see [`LimitsConfig`]); the rate
@@ -749,6 +767,14 @@ impl Config {
                 PROJECTION_COALESCE_MAX,
                 Zero::Off,
             ),
+            idempotency_retention: r.duration_up_to(
+                var::IDEMPOTENCY_RETENTION,
+                DEFAULT_IDEMPOTENCY_RETENTION,
+                IDEMPOTENCY_RETENTION_MAX,
+                Zero::Invalid,
+            ),
+            read_statement_timeout: r
+                .duration(var::READ_STATEMENT_TIMEOUT, DEFAULT_READ_STATEMENT_TIMEOUT),
             disable_rate_limit_for_tests: r.bool(var::DISABLE_RATE_LIMIT_FOR_TESTS, false),
             limits: r.limits(),
         };
@@ -886,7 +912,8 @@ impl Config {
              stripe=(base_url={} api_version={} secret_key={}) api_token={} admin_token={} \
              platform_fee_bps={} \
              reconcile=({}) reversal=({}) transfer_retry=({}) webhook_log_retention_days={} \
-             projection_coalesce={} disable_rate_limit_for_tests={}",
+             projection_coalesce={} idempotency_retention={} read_statement_timeout={} \
+             disable_rate_limit_for_tests={}",
             self.app_env,
             self.listen_addr,
             store,
@@ -911,6 +938,8 @@ impl Config {
             summary_worker(&self.transfer_retry),
             self.webhook_log_retention_days,
             format_duration(self.projection_coalesce),
+            format_duration(self.idempotency_retention),
+            format_duration(self.read_statement_timeout),
             self.disable_rate_limit_for_tests,
         )
     }
@@ -1024,6 +1053,8 @@ impl fmt::Debug for Config {
             .field("psp_mode", &self.psp_mode)
             .field("psp_timeout", &self.psp_timeout)
             .field("projection_coalesce", &self.projection_coalesce)
+            .field("idempotency_retention", &self.idempotency_retention)
+            .field("read_statement_timeout", &self.read_statement_timeout)
             .field(
                 "disable_rate_limit_for_tests",
                 &self.disable_rate_limit_for_tests,
@@ -1752,6 +1783,8 @@ mod tests {
         assert_eq!(c.transfer_retry, worker);
         assert_eq!(c.webhook_log_retention_days, 90);
         assert_eq!(c.projection_coalesce, Duration::from_millis(250));
+        assert_eq!(c.idempotency_retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.read_statement_timeout, Duration::from_secs(5));
         assert_eq!(c.psp_mode, PspMode::Fake);
         assert!(!c.disable_rate_limit_for_tests);
     }
@@ -1785,6 +1818,8 @@ mod tests {
             (var::TRANSFER_RETRY_BACKOFF_MAX, "1h30m"),
             (var::WEBHOOK_LOG_RETENTION_DAYS, "30"),
             (var::PROJECTION_COALESCE, "40ms"),
+            (var::IDEMPOTENCY_RETENTION, "48h"),
+            (var::READ_STATEMENT_TIMEOUT, "2s"),
             (var::DISABLE_RATE_LIMIT_FOR_TESTS, "yes"),
         ]);
         assert!(warnings.is_empty(), "{warnings:?}");
@@ -1832,6 +1867,8 @@ mod tests {
         );
         assert_eq!(c.webhook_log_retention_days, 30);
         assert_eq!(c.projection_coalesce, Duration::from_millis(40));
+        assert_eq!(c.idempotency_retention, Duration::from_secs(48 * 3_600));
+        assert_eq!(c.read_statement_timeout, Duration::from_secs(2));
         assert!(c.disable_rate_limit_for_tests);
     }
 
@@ -2046,7 +2083,7 @@ mod tests {
 
     type DurationField = fn(&Config) -> Duration;
 
-    const DURATION_FIELDS: [(&str, DurationField, Duration); 10] = [
+    const DURATION_FIELDS: [(&str, DurationField, Duration); 11] = [
         (
             var::RECONCILE_INTERVAL,
             |c| c.reconcile.interval,
@@ -2097,7 +2134,41 @@ mod tests {
             |c| c.transfer_retry.backoff_max,
             DEFAULT_WORKER_BACKOFF_MAX,
         ),
+        (
+            var::READ_STATEMENT_TIMEOUT,
+            |c| c.read_statement_timeout,
+            DEFAULT_READ_STATEMENT_TIMEOUT,
+        ),
     ];
+
+    #[test]
+    fn idempotency_retention_goes_up_to_ninety_days_and_never_to_zero() {
+        let (c, warnings) = load_ok(&[(var::IDEMPOTENCY_RETENTION, "2160h")]);
+        assert_eq!(c.idempotency_retention, IDEMPOTENCY_RETENTION_MAX);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let (c, warnings) = load_ok(&[(var::IDEMPOTENCY_RETENTION, "30m")]);
+        assert_eq!(c.idempotency_retention, Duration::from_secs(1_800));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        for (bad, reason) in [
+            ("2161h", "above the maximum of 2160h"),
+            ("0", "zero"),
+            ("-1h", "negative"),
+            ("7d", "unknown unit"),
+        ] {
+            let (c, warnings) = load_ok(&[(var::IDEMPOTENCY_RETENTION, bad)]);
+            assert_eq!(
+                c.idempotency_retention, DEFAULT_IDEMPOTENCY_RETENTION,
+                "{bad}"
+            );
+            assert_eq!(warnings.len(), 1, "{bad}: {warnings:?}");
+            assert_eq!(warnings[0].default_used.as_deref(), Some("168h"), "{bad}");
+            assert!(
+                warnings[0].reason.contains(reason),
+                "{bad}: {}",
+                warnings[0].reason
+            );
+        }
+    }
 
     #[test]
     fn projection_coalesce_is_bounded_at_its_own_maximum_and_zero_turns_it_off() {

@@ -18,7 +18,7 @@ use ledger_projections::clock::{Clock, SystemClock};
 use ledger_projections::managers::Managers;
 use ledger_projections::query::QueryStore;
 use ledger_projections::readmodel::{ReadModel, ReadModelProjection};
-use ledger_projections::retention::{self, RetentionConfig};
+use ledger_projections::retention::{self, IdempotencyRetention, RetentionConfig};
 use ledger_projections::runtime::Projector;
 use ledger_psp_fake::{FakeHandle, FakePsp, WebhookTarget};
 use ledger_store::EventStore;
@@ -100,6 +100,7 @@ pub struct RunningServer {
     fake: Option<FakeHandle>,
     /// `SHUTDOWN_GRACE`: for in-flight requests, then for each worker.
     grace: Duration,
+    read_pool: Option<PgStore>,
 }
 
 impl RunningServer {
@@ -133,6 +134,12 @@ impl RunningServer {
     }
 
     /// The in-process PSP fake (`PspMode::Fake` only).
+    /// The Postgres read pool the query endpoints use (the replica's, or
+    /// the server's own with `statement_timeout`); `None` on SQLite.
+    pub fn read_pool(&self) -> Option<&PgStore> {
+        self.read_pool.as_ref()
+    }
+
     pub fn fake(&self) -> Option<&FakePsp> {
         self.fake.as_deref()
     }
@@ -197,18 +204,36 @@ pub async fn start(
     mode: WorkerMode,
 ) -> anyhow::Result<RunningServer> {
     let ports = Ports::of(backend);
-    let reads: Arc<dyn QueryStore> = match config.database_read_url.as_deref() {
+    // Query endpoints read through a pool of their own whose statements
+    // Postgres cancels after READ_STATEMENT_TIMEOUT; the writer has no limit.
+    let read_timeout = config.read_statement_timeout;
+    let read_pool: Option<PgStore> = match config.database_read_url.as_deref() {
         Some(url) => match StoreUrl::parse(Some(url))? {
-            StoreUrl::Postgres(u) => Arc::new(PgStore::connect(&u).await.with_context(|| {
-                format!(
-                    "cannot connect to DATABASE_READ_URL {}",
-                    crate::store::redact_url(&u)
-                )
-            })?),
+            StoreUrl::Postgres(u) => Some(
+                PgStore::connect_reads(&u, read_timeout)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot connect to DATABASE_READ_URL {}",
+                            crate::store::redact_url(&u)
+                        )
+                    })?,
+            ),
             StoreUrl::Sqlite(_) => anyhow::bail!(
                 "DATABASE_READ_URL must be a Postgres replica (postgres://…); the embedded SQLite store has no replicas"
             ),
         },
+        None => match backend {
+            Backend::Postgres(s) => Some(
+                s.read_pool(read_timeout)
+                    .await
+                    .context("cannot open the read pool")?,
+            ),
+            Backend::Sqlite(_) => None,
+        },
+    };
+    let reads: Arc<dyn QueryStore> = match &read_pool {
+        Some(pool) => Arc::new(pool.clone()),
         None => ports.reads.clone(),
     };
     let settings = settings(config)?;
@@ -256,6 +281,21 @@ pub async fn start(
             clock.clone(),
             cfg,
             RETENTION_INTERVAL,
+            cancel.clone(),
+        )));
+    }
+
+    // Idempotency-record purge.
+    {
+        let cfg = IdempotencyRetention {
+            retention: config.idempotency_retention,
+            ..IdempotencyRetention::default()
+        };
+        workers.push(tokio::spawn(retention::run_idempotency_purge(
+            ports.idempotency.clone(),
+            clock.clone(),
+            cfg,
+            retention::IDEMPOTENCY_SWEEP_INTERVAL,
             cancel.clone(),
         )));
     }
@@ -337,6 +377,7 @@ pub async fn start(
         managers,
         fake,
         grace: config.limits.shutdown_grace,
+        read_pool,
     })
 }
 

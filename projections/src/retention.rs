@@ -17,12 +17,19 @@
 //!
 //! [`run_daily`] sweeps at start-up and then once per interval until
 //! cancelled; a failed sweep is logged and retried at the next tick.
+//!
+//! **Idempotency records** are purged the same way ([`sweep_idempotency`],
+//! [`run_idempotency_purge`]): completed records completed strictly before
+//! `now - retention` go, in batches of [`BATCH`] with [`PAUSE`] between,
+//! stopping on cancel. A claim in flight is never deleted, however old (the
+//! port's guarantee).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use ledger_store::StoreError;
+use ledger_store::idempotency::IdempotencyStore;
 use ledger_store::webhook_log::WebhookLogStore;
 use tokio::time::MissedTickBehavior;
 pub use tokio_util::sync::CancellationToken;
@@ -115,44 +122,24 @@ pub async fn sweep_webhook_log(
             "webhook log retention_days is 0; using the default"
         );
     }
-    let batch = cfg.effective_batch();
-    let mut report = SweepReport {
-        cutoff: cfg.cutoff(now),
-        deleted: 0,
-        batches: 0,
-        cancelled: false,
-    };
-    if cancel.is_cancelled() {
-        report.cancelled = true;
-    } else {
-        loop {
-            let deleted = match store.delete_webhook_log_before(report.cutoff, batch).await {
-                Ok(deleted) => deleted,
-                Err(e) => {
-                    tracing::warn!(
-                        deleted = report.deleted,
-                        batches = report.batches,
-                        error = %e,
-                        "webhook log retention sweep failed"
-                    );
-                    return Err(e);
-                }
-            };
-            report.deleted += deleted;
-            report.batches += 1;
-            if deleted < u64::from(batch) {
-                break;
-            }
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => {
-                    report.cancelled = true;
-                    break;
-                }
-                () = tokio::time::sleep(cfg.pause) => {}
-            }
-        }
-    }
+    let cutoff = cfg.cutoff(now);
+    let report = sweep_batches(
+        |cutoff, limit| store.delete_webhook_log_before(cutoff, limit),
+        cutoff,
+        cfg.effective_batch(),
+        cfg.pause,
+        cancel,
+    )
+    .await
+    .inspect_err(|(e, partial)| {
+        tracing::warn!(
+            deleted = partial.deleted,
+            batches = partial.batches,
+            error = %e,
+            "webhook log retention sweep failed"
+        );
+    })
+    .map_err(|(e, _)| e)?;
     tracing::info!(
         deleted = report.deleted,
         batches = report.batches,
@@ -162,6 +149,166 @@ pub async fn sweep_webhook_log(
         "webhook log retention sweep"
     );
     Ok(report)
+}
+
+/// Deletes in batches of `batch` until one deletes fewer or `cancel` fires
+/// (observed before the first batch and, winning over the pause, between
+/// batches). On an error, the error and what was done before it.
+async fn sweep_batches<F, Fut>(
+    mut delete: F,
+    cutoff: DateTime<Utc>,
+    batch: u32,
+    pause: Duration,
+    cancel: &CancellationToken,
+) -> Result<SweepReport, (StoreError, SweepReport)>
+where
+    F: FnMut(DateTime<Utc>, u32) -> Fut,
+    Fut: std::future::Future<Output = Result<u64, StoreError>>,
+{
+    let mut report = SweepReport {
+        cutoff,
+        deleted: 0,
+        batches: 0,
+        cancelled: false,
+    };
+    if cancel.is_cancelled() {
+        report.cancelled = true;
+        return Ok(report);
+    }
+    loop {
+        let deleted = match delete(report.cutoff, batch).await {
+            Ok(deleted) => deleted,
+            Err(e) => return Err((e, report)),
+        };
+        report.deleted += deleted;
+        report.batches += 1;
+        if deleted < u64::from(batch) {
+            return Ok(report);
+        }
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => {
+                report.cancelled = true;
+                return Ok(report);
+            }
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Idempotency-record retention (`IDEMPOTENCY_RETENTION`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRetention {
+    /// Completed records completed strictly before `now - retention` go.
+    /// Zero means [`DEFAULT_IDEMPOTENCY_RETENTION`], never "delete
+    /// everything".
+    pub retention: Duration,
+    /// Rows per delete; 0 means [`BATCH`].
+    pub batch: u32,
+    pub pause: Duration,
+}
+
+/// How long a completed idempotency record is kept by default.
+pub const DEFAULT_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// How often the idempotency purge runs when not told otherwise: hourly, so
+/// a record outlives its retention by at most an hour.
+pub const IDEMPOTENCY_SWEEP_INTERVAL: Duration = Duration::from_secs(60 * 60);
+
+impl Default for IdempotencyRetention {
+    fn default() -> Self {
+        IdempotencyRetention {
+            retention: DEFAULT_IDEMPOTENCY_RETENTION,
+            batch: BATCH,
+            pause: PAUSE,
+        }
+    }
+}
+
+impl IdempotencyRetention {
+    /// Records completed strictly before this are deleted. A period
+    /// reaching past the earliest representable time deletes nothing.
+    pub fn cutoff(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let retention = if self.retention.is_zero() {
+            DEFAULT_IDEMPOTENCY_RETENTION
+        } else {
+            self.retention
+        };
+        TimeDelta::from_std(retention)
+            .ok()
+            .and_then(|period| now.checked_sub_signed(period))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
+    }
+}
+
+/// Deletes completed idempotency records completed before
+/// `now - retention`, in batches, until a batch deletes fewer than `batch`
+/// rows or `cancel` fires.
+pub async fn sweep_idempotency(
+    store: &dyn IdempotencyStore,
+    now: DateTime<Utc>,
+    cfg: &IdempotencyRetention,
+    cancel: &CancellationToken,
+) -> Result<SweepReport, StoreError> {
+    let batch = if cfg.batch == 0 { BATCH } else { cfg.batch };
+    let report = sweep_batches(
+        |cutoff, limit| store.purge_before(cutoff, limit),
+        cfg.cutoff(now),
+        batch,
+        cfg.pause,
+        cancel,
+    )
+    .await
+    .inspect_err(|(e, partial)| {
+        tracing::warn!(
+            deleted = partial.deleted,
+            batches = partial.batches,
+            error = %e,
+            "idempotency purge failed"
+        );
+    })
+    .map_err(|(e, _)| e)?;
+    tracing::info!(
+        deleted = report.deleted,
+        batches = report.batches,
+        cutoff = %report.cutoff,
+        cancelled = report.cancelled,
+        "idempotency purge"
+    );
+    Ok(report)
+}
+
+/// Purges at once, then every `interval` (0 means
+/// [`IDEMPOTENCY_SWEEP_INTERVAL`]), until `cancel` fires; like
+/// [`run_daily`].
+pub async fn run_idempotency_purge(
+    store: Arc<dyn IdempotencyStore>,
+    clock: Arc<dyn Clock>,
+    cfg: IdempotencyRetention,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    let interval = if interval.is_zero() {
+        IDEMPOTENCY_SWEEP_INTERVAL
+    } else {
+        interval
+    };
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match sweep_idempotency(store.as_ref(), clock.now(), &cfg, &cancel).await {
+            Ok(report) if report.cancelled => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "idempotency purge failed; retrying at the next tick");
+            }
+        }
+    }
 }
 
 /// Sweeps at once, then every `interval` (0 means [`SWEEP_INTERVAL`]),
@@ -360,6 +507,154 @@ mod tests {
             cancel,
         )
         .await;
+        assert!(calls.try_recv().is_err());
+    }
+
+    /// An idempotency store whose purge answers from a script, records each
+    /// call (virtual time, cutoff, limit) and may cancel a token on a call.
+    struct Purger {
+        calls: mpsc::UnboundedSender<(tokio::time::Instant, DateTime<Utc>, u32)>,
+        answers: Mutex<Vec<u64>>,
+        cancel_on_call: Option<(usize, CancellationToken)>,
+        seen: Mutex<usize>,
+    }
+
+    #[async_trait]
+    impl IdempotencyStore for Purger {
+        async fn begin(
+            &self,
+            _: &str,
+            _: &str,
+            _: &[u8; 32],
+            _: &str,
+            _: DateTime<Utc>,
+            _: Duration,
+        ) -> Result<ledger_store::idempotency::Begin, StoreError> {
+            unreachable!("the purge never claims")
+        }
+        async fn complete(
+            &self,
+            _: &str,
+            _: &str,
+            _: &ledger_store::idempotency::StoredResponse,
+            _: DateTime<Utc>,
+        ) -> Result<(), StoreError> {
+            unreachable!("the purge never completes")
+        }
+        async fn release(&self, _: &str, _: &str, _: &str) -> Result<(), StoreError> {
+            unreachable!("the purge never releases")
+        }
+        async fn renew(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+            _: DateTime<Utc>,
+        ) -> Result<bool, StoreError> {
+            unreachable!("the purge never renews")
+        }
+        async fn purge_before(&self, cutoff: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+            self.calls
+                .send((tokio::time::Instant::now(), cutoff, limit))
+                .unwrap();
+            let mut seen = self.seen.lock().unwrap();
+            *seen += 1;
+            if let Some((n, token)) = &self.cancel_on_call
+                && *n == *seen
+            {
+                token.cancel();
+            }
+            let mut answers = self.answers.lock().unwrap();
+            Ok(if answers.is_empty() {
+                0
+            } else {
+                answers.remove(0)
+            })
+        }
+        async fn execute_fresh(
+            &self,
+            _: &[ledger_store::idempotency::FreshCommand],
+            _: DateTime<Utc>,
+        ) -> Result<Vec<ledger_store::idempotency::Fresh>, StoreError> {
+            unreachable!("the purge never writes")
+        }
+    }
+
+    fn purger(
+        answers: Vec<u64>,
+        cancel_on_call: Option<(usize, CancellationToken)>,
+    ) -> (
+        Purger,
+        mpsc::UnboundedReceiver<(tokio::time::Instant, DateTime<Utc>, u32)>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let store = Purger {
+            calls: tx,
+            answers: Mutex::new(answers),
+            cancel_on_call,
+            seen: Mutex::new(0),
+        };
+        (store, rx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idempotency_purge_runs_full_batches_with_a_pause_until_a_short_one() {
+        let (store, mut calls) = purger(vec![3, 3, 1, 3], None);
+        let cfg = IdempotencyRetention {
+            retention: Duration::from_secs(7 * 86_400),
+            batch: 3,
+            pause: Duration::from_millis(100),
+        };
+        let report = sweep_idempotency(&store, at(0), &cfg, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            report,
+            SweepReport {
+                cutoff: at(0) - TimeDelta::days(7),
+                deleted: 7,
+                batches: 3,
+                cancelled: false,
+            }
+        );
+        let mut times = Vec::new();
+        while let Ok((t, cutoff, limit)) = calls.try_recv() {
+            assert_eq!((cutoff, limit), (at(0) - TimeDelta::days(7), 3));
+            times.push(t);
+        }
+        assert_eq!(times.len(), 3, "stops after the short batch");
+        assert_eq!(times[1] - times[0], cfg.pause);
+        assert_eq!(times[2] - times[1], cfg.pause);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idempotency_purge_stops_between_batches_on_cancel_and_zero_is_the_default() {
+        let cancel = CancellationToken::new();
+        let (store, mut calls) = purger(vec![BATCH.into(); 5], Some((2, cancel.clone())));
+        let cfg = IdempotencyRetention {
+            retention: Duration::ZERO,
+            batch: 0,
+            pause: PAUSE,
+        };
+        let report = sweep_idempotency(&store, at(0), &cfg, &cancel)
+            .await
+            .unwrap();
+        assert!(report.cancelled);
+        assert_eq!(report.batches, 2, "the batch in flight finishes, no more");
+        assert_eq!(report.deleted, 2 * u64::from(BATCH));
+        let (_, cutoff, limit) = calls.recv().await.unwrap();
+        assert_eq!(
+            cutoff,
+            at(0) - TimeDelta::days(7),
+            "zero retention means the default"
+        );
+        assert_eq!(limit, BATCH);
+        // Cancelled before it starts: nothing deleted.
+        let (store, mut calls) = purger(vec![1], None);
+        let report = sweep_idempotency(&store, at(0), &cfg, &cancel)
+            .await
+            .unwrap();
+        assert_eq!((report.batches, report.cancelled), (0, true));
         assert!(calls.try_recv().is_err());
     }
 }

@@ -13,6 +13,7 @@ use chrono::Duration;
 use http_common::*;
 use ledger_api::http::COMMAND_BODY_MAX;
 use ledger_api::http::idempotency::LEASE;
+use ledger_psp_fake::{Endpoint, Fault};
 use ledger_store::idempotency::Begin;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -27,7 +28,8 @@ http_tests!(
     concurrent_requests_with_one_key_execute_exactly_once,
     refunds_complete_through_the_psp_webhook,
     one_refund_key_on_two_orders_never_answers_for_the_other_order,
-    a_claim_left_by_a_dead_request_is_taken_over_after_its_lease,
+    a_claim_left_by_a_crashed_process_blocks_retries_for_one_lease_at_most,
+    a_client_that_disconnects_mid_request_frees_its_key,
 );
 
 fn key() -> String {
@@ -765,15 +767,45 @@ fn request_hash(scope: &str, body: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
-async fn a_claim_left_by_a_dead_request_is_taken_over_after_its_lease(kind: Kind) {
+/// Longest a test waits for the server to reach a state it is driven to
+/// (polled, never slept on blindly).
+const CONDITION_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Polls `check` until it holds or [`CONDITION_MAX`] passes.
+async fn wait_for<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + CONDITION_MAX;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// The crash bound: a claim whose process died (written here with another
+/// process's owner, never renewed) answers 409 with `Retry-After` counting
+/// down to the end of its lease, and the first retry after [`LEASE`] runs.
+async fn a_claim_left_by_a_crashed_process_blocks_retries_for_one_lease_at_most(kind: Kind) {
     let app = spawn_app(kind, &[]).await;
     let body = serde_json::to_vec(&two_seller_order("buyer-lease")).unwrap();
     let scope = "api:POST /v1/orders";
-    // A request that claimed the key and died before answering.
+    // A process that claimed the key and was killed before answering.
     let claimed = app
         .state
         .idempotency
-        .begin(scope, "lease-1", &request_hash(scope, &body), t0(), LEASE)
+        .begin(
+            scope,
+            "lease-1",
+            &request_hash(scope, &body),
+            "crashed-process/claim-1",
+            t0(),
+            LEASE,
+        )
         .await
         .unwrap();
     assert!(matches!(claimed, Begin::Started), "{claimed:?}");
@@ -782,12 +814,22 @@ async fn a_claim_left_by_a_dead_request_is_taken_over_after_its_lease(kind: Kind
         .command("/v1/orders", Some("lease-1"), body.clone())
         .await;
     r.assert_error(409, "idempotency_key_in_progress");
+    let lease_secs = LEASE.as_secs().to_string();
+    assert_eq!(r.header("retry-after"), Some(lease_secs.as_str()));
+    assert!(LEASE <= std::time::Duration::from_secs(10), "a few seconds");
     app.clock
-        .advance(Duration::from_std(LEASE).unwrap() - Duration::seconds(1));
+        .advance(Duration::from_std(LEASE).unwrap() - Duration::milliseconds(1_500));
     let r = app
         .command("/v1/orders", Some("lease-1"), body.clone())
         .await;
     r.assert_error(409, "idempotency_key_in_progress");
+    assert_eq!(r.header("retry-after"), Some("2"), "rounded up");
+    app.clock.advance(Duration::milliseconds(1_000));
+    let r = app
+        .command("/v1/orders", Some("lease-1"), body.clone())
+        .await;
+    r.assert_error(409, "idempotency_key_in_progress");
+    assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(app.counts().await.events, 0);
     // A different body under the claimed key is a reuse, lease or not.
     let r = app
@@ -796,7 +838,7 @@ async fn a_claim_left_by_a_dead_request_is_taken_over_after_its_lease(kind: Kind
     r.assert_error(422, "idempotency_key_reused");
 
     // Past the lease, the retry takes the claim over and executes once.
-    app.clock.advance(Duration::seconds(2));
+    app.clock.advance(Duration::milliseconds(501));
     let r = app
         .command("/v1/orders", Some("lease-1"), body.clone())
         .await;
@@ -806,4 +848,53 @@ async fn a_claim_left_by_a_dead_request_is_taken_over_after_its_lease(kind: Kind
     assert_eq!(again.bytes, r.bytes);
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!(app.counts().await.events, 1);
+}
+
+/// A request whose client goes away while it waits on the PSP releases its
+/// claim when the server drops it: a retry with the same key then runs
+/// (no 409, no waiting for a lease). While it was in flight, the same key
+/// answered 409 with `Retry-After`.
+async fn a_client_that_disconnects_mid_request_frees_its_key(kind: Kind) {
+    let app = spawn_app_with_psp(kind, &[]).await;
+    let fake = app.fake();
+    // The payment start hangs (until the server's start deadline).
+    fake.inject_fault(Endpoint::CreatePayment, Fault::Hang, 1);
+    let body = serde_json::to_vec(&two_seller_order("buyer-gone")).unwrap();
+    let request = app
+        .req(Method::POST, "/v1/orders")
+        .header("content-type", "application/json")
+        .header("idempotency-key", "gone-1")
+        .body(body.clone());
+    let in_flight = tokio::spawn(request.send());
+    wait_for("the payment start to reach the PSP", || async {
+        fake.counters().requests_to(Endpoint::CreatePayment) >= 1
+    })
+    .await;
+
+    let busy = app
+        .command("/v1/orders", Some("gone-1"), body.clone())
+        .await;
+    busy.assert_error(409, "idempotency_key_in_progress");
+    let retry_after: u64 = busy
+        .header("retry-after")
+        .expect("Retry-After on a 409 in flight")
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=LEASE.as_secs()).contains(&retry_after),
+        "{retry_after}"
+    );
+
+    // The client gives up: its connection closes, the server drops the
+    // request and releases the claim (before the start deadline would have
+    // answered and stored a response).
+    in_flight.abort();
+    wait_for("the dropped request's claim to be released", || async {
+        app.counts().await.idempotency == 0
+    })
+    .await;
+    let retry = app.command("/v1/orders", Some("gone-1"), body).await;
+    assert_eq!(retry.status, 201, "{}", retry.text());
+    assert_eq!(retry.header("idempotent-replayed"), None);
+    assert_eq!(app.counts().await.idempotency, 1);
 }

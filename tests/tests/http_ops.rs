@@ -419,6 +419,10 @@ async fn a_database_outage_is_503_or_a_safe_500(kind: Kind) {
         ledger_api::store::Backend::Postgres(s) => s.pool().close().await,
         ledger_api::store::Backend::Sqlite(s) => s.close().await,
     }
+    // The query endpoints' own pool (statement_timeout) goes down with it.
+    if let Some(reads) = app.server().read_pool() {
+        reads.pool().close().await;
+    }
 
     let r = app.send(app.anon(Method::GET, "/healthz")).await;
     assert_eq!(r.status, 200, "liveness does not depend on the database");

@@ -26,6 +26,7 @@ http_tests!(
     duplicate_and_out_of_order_deliveries_converge,
     without_a_secret_every_delivery_is_refused,
     a_failing_webhook_log_never_costs_the_delivery,
+    an_unsigned_64_kib_body_keeps_4_kib_its_hash_and_length,
 );
 
 /// A pending order (placed, payment initiated) and its total.
@@ -190,6 +191,8 @@ async fn refused_deliveries_are_logged_and_change_no_stream(kind: Kind) {
         );
         assert_eq!(row.event_id.as_deref(), Some(event_id.as_str()), "{what}");
         assert_eq!(row.user_agent.as_deref(), Some(HYPERSWITCH_UA));
+        assert_eq!(row.payload_sha256, Some(sha256_hex(&body)), "{what}");
+        assert_eq!(row.payload_len, Some(body.len() as i64), "{what}");
     }
     // Signed with another key.
     let foreign = ledger_psp::sign_hyperswitch(b"someone-elses-key", &body);
@@ -650,4 +653,67 @@ async fn a_failing_webhook_log_never_costs_the_delivery(kind: Kind) {
         ["OrderPlaced", "PaymentInitiated", "PaymentSucceeded"]
     );
     assert_eq!(app.counts().await.webhook_log, 0);
+}
+
+fn sha256_hex(body: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Anyone can send an unsigned body of up to 64 KiB: its row keeps the
+/// headers, the body's SHA-256 and length, and at most its first 4 KiB (cut
+/// on a char boundary), never the whole body. A signed delivery's row keeps
+/// its whole body and no digest.
+async fn an_unsigned_64_kib_body_keeps_4_kib_its_hash_and_length(kind: Kind) {
+    let app = spawn_app(kind, &[]).await;
+    // A JSON envelope padded to exactly the limit with three-byte
+    // characters, so byte 4096 falls inside one.
+    let head = format!(
+        r#"{{"event_id":"{}","event_type":"payment_succeeded","pad":""#,
+        new_event_id()
+    );
+    let mut text = head.clone();
+    // Align the characters so byte 4096 is the second of one.
+    while (4_096 - text.len()) % 3 != 1 {
+        text.push('x');
+    }
+    while text.len() + 3 + 2 <= WEBHOOK_BODY_MAX {
+        text.push('☕');
+    }
+    while text.len() + 2 < WEBHOOK_BODY_MAX {
+        text.push('x');
+    }
+    text.push_str("\"}");
+    assert_eq!(text.len(), WEBHOOK_BODY_MAX);
+    assert!(!text.is_char_boundary(4_096), "the cut must land mid-char");
+    let body = text.into_bytes();
+
+    let row = refused(&app, &body, Sig::Missing, 401, "signature_invalid").await;
+    assert!(!row.signature_valid);
+    assert!(
+        row.payload.len() <= 4_096,
+        "{} bytes kept",
+        row.payload.len()
+    );
+    assert!(row.payload.len() > 4_096 - 3, "as much as fits");
+    assert!(
+        body.starts_with(row.payload.as_bytes()),
+        "a prefix of the body"
+    );
+    assert_eq!(row.payload_sha256, Some(sha256_hex(&body)));
+    assert_eq!(row.payload_len, Some(WEBHOOK_BODY_MAX as i64));
+    // The headers are kept.
+    assert_eq!(row.user_agent.as_deref(), Some(HYPERSWITCH_UA));
+    assert!(row.source_ip.is_some());
+
+    // A signed delivery keeps its body whole, without a digest.
+    let (order, total) = pending_order(&app).await;
+    let signed = payment_succeeded_webhook(order, total);
+    app.deliver_ok(&signed, "ok").await;
+    let row = app.webhook_log(1).await.remove(0);
+    assert_eq!(row.payload.as_bytes(), &signed[..]);
+    assert_eq!((row.payload_sha256, row.payload_len), (None, None));
 }

@@ -25,8 +25,8 @@ use chrono::{DateTime, Utc};
 use ledger_store::StoreError;
 use ledger_store::idempotency::{
     BEGIN_ATTEMPTS_MAX, Begin, Existing, ExistingRecord, Fresh, FreshCommand, IdempotencyStore,
-    StoredResponse, begin_contended, check_fresh_batch, check_scope_and_key, first_claims,
-    judge_existing,
+    StoredResponse, begin_contended, check_fresh_batch, check_owner, check_scope_and_key,
+    first_claims, judge_existing,
 };
 use ledger_store::recorded_now;
 use sqlx::Row;
@@ -36,8 +36,6 @@ use crate::PgStore;
 use crate::append::insert_new_streams;
 use crate::error::backend;
 
-/// Claims fresh commands' keys, completed at once when a response is given.
-/// `$7` is the claim's (and completion's) time.
 /// Which of `$1` already have events.
 const EXISTING_STREAMS_SQL: &str =
     "select stream_id from event where stream_id = any($1::text[]) and stream_version = 1";
@@ -46,36 +44,44 @@ const EXISTING_STREAMS_SQL: &str =
 const UNCLAIM_SQL: &str = "delete from idempotency_record where (scope, key) in ( \
          select * from unnest($1::text[], $2::text[]))";
 
+/// Claims fresh commands' keys, completed at once when a response is given.
+/// `$7` is the claim's (and completion's) time.
 const FRESH_CLAIM_SQL: &str = "insert into idempotency_record (scope, key, request_hash, status, \
-         locked_at, response_status, response_content_type, response_body, completed_at) \
+         locked_at, response_status, response_content_type, response_body, completed_at, owner) \
      select c.scope, c.key, c.hash, \
          case when c.body is null then 'in_progress' else 'completed' end, \
          $7, c.status, c.content_type, c.body, \
-         case when c.body is null then null else $7::timestamptz end \
-     from unnest($1::text[], $2::text[], $3::bytea[], $4::int[], $5::text[], $6::bytea[]) \
-         as c (scope, key, hash, status, content_type, body) \
+         case when c.body is null then null else $7::timestamptz end, c.owner \
+     from unnest($1::text[], $2::text[], $3::bytea[], $4::int[], $5::text[], $6::bytea[], \
+             $8::text[]) \
+         as c (scope, key, hash, status, content_type, body, owner) \
      order by c.scope, c.key \
      on conflict on constraint idempotency_record_pk do nothing \
      returning scope, key";
 
-const CLAIM_SQL: &str = "insert into idempotency_record (scope, key, request_hash, status, locked_at) \
-     values ($1, $2, $3, 'in_progress', $4) \
+const CLAIM_SQL: &str = "insert into idempotency_record (scope, key, request_hash, status, locked_at, \
+         owner) \
+     values ($1, $2, $3, 'in_progress', $4, $5) \
      on conflict on constraint idempotency_record_pk do nothing";
 
 const READ_SQL: &str = "select request_hash, status, response_status, response_content_type, \
             response_body, locked_at \
      from idempotency_record where scope = $1 and key = $2";
 
-const TAKE_OVER_SQL: &str = "update idempotency_record set locked_at = $4 \
+const TAKE_OVER_SQL: &str = "update idempotency_record set locked_at = $4, owner = $5 \
      where scope = $1 and key = $2 and status = 'in_progress' and locked_at = $3";
+
+/// The owner's heartbeat: the lease starts again at `$4`.
+const RENEW_SQL: &str = "update idempotency_record set locked_at = $4 \
+     where scope = $1 and key = $2 and status = 'in_progress' and owner = $3";
 
 const COMPLETE_SQL: &str = "update idempotency_record \
      set status = 'completed', response_status = $3, response_content_type = $4, \
          response_body = $5, completed_at = $6 \
      where scope = $1 and key = $2 and status = 'in_progress'";
 
-const RELEASE_SQL: &str =
-    "delete from idempotency_record where scope = $1 and key = $2 and status = 'in_progress'";
+const RELEASE_SQL: &str = "delete from idempotency_record \
+     where scope = $1 and key = $2 and status = 'in_progress' and owner = $3";
 
 /// Oldest completed records first; `skip locked` lets two purgers share the
 /// work instead of queueing on the same rows.
@@ -126,16 +132,19 @@ impl IdempotencyStore for PgStore {
         scope: &str,
         key: &str,
         request_hash: &[u8; 32],
+        owner: &str,
         now: DateTime<Utc>,
         lease: std::time::Duration,
     ) -> Result<Begin, StoreError> {
         check_scope_and_key(scope, key)?;
+        check_owner(owner)?;
         for _ in 0..BEGIN_ATTEMPTS_MAX {
             let inserted = sqlx::query(CLAIM_SQL)
                 .bind(scope)
                 .bind(key)
                 .bind(request_hash.as_slice())
                 .bind(now)
+                .bind(owner)
                 .execute(self.pool())
                 .await
                 .map_err(backend)?
@@ -159,6 +168,7 @@ impl IdempotencyStore for PgStore {
                         .bind(key)
                         .bind(observed_locked_at)
                         .bind(now)
+                        .bind(owner)
                         .execute(self.pool())
                         .await
                         .map_err(backend)?
@@ -206,15 +216,38 @@ impl IdempotencyStore for PgStore {
         Ok(())
     }
 
-    async fn release(&self, scope: &str, key: &str) -> Result<(), StoreError> {
+    async fn release(&self, scope: &str, key: &str, owner: &str) -> Result<(), StoreError> {
         check_scope_and_key(scope, key)?;
+        check_owner(owner)?;
         sqlx::query(RELEASE_SQL)
             .bind(scope)
             .bind(key)
+            .bind(owner)
             .execute(self.pool())
             .await
             .map_err(backend)?;
         Ok(())
+    }
+
+    async fn renew(
+        &self,
+        scope: &str,
+        key: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        check_scope_and_key(scope, key)?;
+        check_owner(owner)?;
+        let renewed = sqlx::query(RENEW_SQL)
+            .bind(scope)
+            .bind(key)
+            .bind(owner)
+            .bind(now)
+            .execute(self.pool())
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        Ok(renewed == 1)
     }
 
     async fn purge_before(&self, cutoff: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
@@ -283,6 +316,12 @@ impl IdempotencyStore for PgStore {
                     .collect::<Vec<_>>(),
             )
             .bind(now)
+            .bind(
+                candidates
+                    .iter()
+                    .map(|c| c.owner.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .fetch_all(&mut *tx)
             .await
             .map_err(backend)?;

@@ -106,6 +106,13 @@ pub const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// forgotten transaction can cause. Appends never idle inside a transaction.
 pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `options` with a session `statement_timeout` (whole milliseconds, at
+/// least 1: Postgres reads 0 as "no limit").
+fn with_statement_timeout(options: PgConnectOptions, timeout: Duration) -> PgConnectOptions {
+    let millis = timeout.as_millis().max(1);
+    options.options([("statement_timeout", format!("{millis}ms"))])
+}
+
 /// The Postgres [`EventStore`]. Cloning shares the pool.
 #[derive(Debug, Clone)]
 pub struct PgStore {
@@ -140,6 +147,28 @@ impl PgStore {
             .await
             .map_err(backend)?;
         Ok(PgStore::from_pool(pool))
+    }
+
+    /// Opens a read pool to `url`: [`PgStore::connect`] with Postgres
+    /// cancelling any statement that runs longer than `statement_timeout`
+    /// (SQLSTATE 57014), so a runaway query on a query endpoint cannot hold
+    /// a connection. For reads only: the writer keeps no such limit.
+    pub async fn connect_reads(
+        url: &str,
+        statement_timeout: Duration,
+    ) -> Result<PgStore, StoreError> {
+        let options = PgConnectOptions::from_str(url).map_err(|e| backend_redacted(e, url))?;
+        PgStore::connect_with(with_statement_timeout(options, statement_timeout))
+            .await
+            .map_err(|e| redact_store_error(e, url))
+    }
+
+    /// A second pool to this store's database for reads, with
+    /// `statement_timeout` on every connection (see
+    /// [`PgStore::connect_reads`]). This pool is untouched.
+    pub async fn read_pool(&self, statement_timeout: Duration) -> Result<PgStore, StoreError> {
+        let options = (*self.pool.connect_options()).clone();
+        PgStore::connect_with(with_statement_timeout(options, statement_timeout)).await
     }
 
     /// Wraps an existing pool. The caller owns its settings; it should set

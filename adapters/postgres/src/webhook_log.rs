@@ -27,13 +27,14 @@ use crate::error::backend;
 /// the arrays' order.
 const INSERT_MANY_SQL: &str = "insert into hyperswitch_webhook_log \
      (payload, signature_valid, processing_result, source_ip, user_agent, request_id, \
-      event_type, event_id, received_at, delivery_id) \
+      event_type, event_id, received_at, delivery_id, payload_sha256, payload_len) \
      select payload, signature_valid, processing_result, source_ip, user_agent, request_id, \
-            event_type, event_id, received_at, delivery_id \
+            event_type, event_id, received_at, delivery_id, payload_sha256, payload_len \
      from unnest($1::text[], $2::boolean[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                 $7::text[], $8::text[], $9::timestamptz[], $10::uuid[]) with ordinality \
+                 $7::text[], $8::text[], $9::timestamptz[], $10::uuid[], $11::text[], \
+                 $12::bigint[]) with ordinality \
           as e (payload, signature_valid, processing_result, source_ip, user_agent, request_id, \
-                event_type, event_id, received_at, delivery_id, n) \
+                event_type, event_id, received_at, delivery_id, payload_sha256, payload_len, n) \
      order by n \
      on conflict (delivery_id) do nothing \
      returning id, delivery_id";
@@ -50,7 +51,8 @@ const DELETE_BEFORE_SQL: &str = "delete from hyperswitch_webhook_log where id in
          order by received_at, id limit $2 for update skip locked)";
 
 const RECENT_SQL: &str = "select payload, signature_valid, processing_result, source_ip, \
-            user_agent, request_id, event_type, event_id, received_at, delivery_id \
+            user_agent, request_id, event_type, event_id, received_at, delivery_id, \
+            payload_sha256, payload_len \
      from hyperswitch_webhook_log order by received_at desc, id desc limit $1";
 
 fn opt_text(value: Option<&String>) -> Option<String> {
@@ -69,6 +71,8 @@ fn decode_entry(row: &PgRow) -> Result<WebhookLogEntry, StoreError> {
         event_id: row.try_get("event_id").map_err(backend)?,
         received_at: row.try_get("received_at").map_err(backend)?,
         delivery_id: row.try_get("delivery_id").map_err(backend)?,
+        payload_sha256: row.try_get("payload_sha256").map_err(backend)?,
+        payload_len: row.try_get("payload_len").map_err(backend)?,
     })
 }
 
@@ -112,6 +116,8 @@ pub(crate) async fn insert_logs_with(
         .bind(opt(|e| e.event_id.as_ref()))
         .bind(entries.iter().map(|e| e.received_at).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| e.delivery_id).collect::<Vec<_>>())
+        .bind(opt(|e| e.payload_sha256.as_ref()))
+        .bind(entries.iter().map(|e| e.payload_len).collect::<Vec<_>>())
         .fetch_all(&mut *conn)
         .await
         .map_err(backend)?;

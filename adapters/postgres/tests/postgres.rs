@@ -754,3 +754,42 @@ async fn an_old_transaction_may_not_extend_a_stream_a_younger_one_wrote() {
         .unwrap();
     assert_eq!(results[1].first_version, 2);
 }
+
+/// The read pool's `statement_timeout`: a statement longer than it fails
+/// with Postgres' cancellation (SQLSTATE 57014), a short one runs, and the
+/// pool it was made from keeps no limit.
+#[tokio::test]
+async fn the_read_pool_cancels_statements_past_its_timeout() {
+    let store = fresh_store().await;
+    let reads = store
+        .read_pool(std::time::Duration::from_millis(200))
+        .await
+        .unwrap();
+    let setting: String = sqlx::query_scalar("show statement_timeout")
+        .fetch_one(reads.pool())
+        .await
+        .unwrap();
+    assert_eq!(setting, "200ms");
+    let err = sqlx::query("select pg_sleep(2)")
+        .execute(reads.pool())
+        .await
+        .expect_err("a 2 s statement outlives a 200 ms statement_timeout");
+    let code = err
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned());
+    assert_eq!(code.as_deref(), Some("57014"), "{err}");
+    assert!(err.to_string().contains("statement timeout"), "{err}");
+    // Short statements run; the connection is still usable.
+    let one: i32 = sqlx::query_scalar("select 1")
+        .fetch_one(reads.pool())
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+    // The writer's pool has no limit.
+    let writer: String = sqlx::query_scalar("show statement_timeout")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(writer, "0");
+}

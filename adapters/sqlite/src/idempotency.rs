@@ -18,7 +18,7 @@ use ledger_core::ExpectedVersion;
 use ledger_store::StoreError;
 use ledger_store::idempotency::{
     Begin, Existing, ExistingRecord, Fresh, FreshCommand, IdempotencyStore, StoredResponse,
-    check_fresh_batch, check_scope_and_key, first_claims, judge_existing,
+    check_fresh_batch, check_owner, check_scope_and_key, first_claims, judge_existing,
 };
 use ledger_store::recorded_now;
 use sqlx::Row;
@@ -30,29 +30,34 @@ const READ_SQL: &str = "select request_hash, status, response_status, response_c
             response_body, locked_at \
      from idempotency_record where scope = ?1 and key = ?2";
 
-const CLAIM_SQL: &str = "insert into idempotency_record (scope, key, request_hash, status, locked_at) \
-     values (?1, ?2, ?3, 'in_progress', ?4)";
+const CLAIM_SQL: &str = "insert into idempotency_record (scope, key, request_hash, status, locked_at, \
+         owner) \
+     values (?1, ?2, ?3, 'in_progress', ?4, ?5)";
 
 /// A fresh command's record: completed at once when `?5` (the body) is
 /// given, else claimed in progress.
 const FRESH_CLAIM_SQL: &str = "insert into idempotency_record (scope, key, request_hash, status, \
-         locked_at, response_status, response_content_type, response_body, completed_at) \
+         locked_at, response_status, response_content_type, response_body, completed_at, owner) \
      values (?1, ?2, ?3, case when ?6 is null then 'in_progress' else 'completed' end, ?4, \
-         ?5, ?7, ?6, case when ?6 is null then null else ?4 end)";
+         ?5, ?7, ?6, case when ?6 is null then null else ?4 end, ?8)";
 
 const RECORD_EXISTS_SQL: &str =
     "select exists (select 1 from idempotency_record where scope = ?1 and key = ?2)";
 
-const TAKE_OVER_SQL: &str = "update idempotency_record set locked_at = ?4 \
+const TAKE_OVER_SQL: &str = "update idempotency_record set locked_at = ?4, owner = ?5 \
      where scope = ?1 and key = ?2 and status = 'in_progress' and locked_at = ?3";
+
+/// The owner's heartbeat: the lease starts again at `?4`.
+const RENEW_SQL: &str = "update idempotency_record set locked_at = ?4 \
+     where scope = ?1 and key = ?2 and status = 'in_progress' and owner = ?3";
 
 const COMPLETE_SQL: &str = "update idempotency_record \
      set status = 'completed', response_status = ?3, response_content_type = ?4, \
          response_body = ?5, completed_at = ?6 \
      where scope = ?1 and key = ?2 and status = 'in_progress'";
 
-const RELEASE_SQL: &str =
-    "delete from idempotency_record where scope = ?1 and key = ?2 and status = 'in_progress'";
+const RELEASE_SQL: &str = "delete from idempotency_record \
+     where scope = ?1 and key = ?2 and status = 'in_progress' and owner = ?3";
 
 const PURGE_SQL: &str = "delete from idempotency_record where (scope, key) in ( \
          select scope, key from idempotency_record \
@@ -152,6 +157,7 @@ impl SqliteStore {
                 .bind(response.map(|r| i64::from(r.status)))
                 .bind(response.map(|r| r.body.as_slice()))
                 .bind(response.map(|r| r.content_type.as_str()))
+                .bind(command.owner.as_str())
                 .execute(&mut **tx)
                 .await
                 .map_err(backend)?;
@@ -166,6 +172,7 @@ impl SqliteStore {
         scope: &str,
         key: &str,
         request_hash: &[u8; 32],
+        owner: &str,
         now: DateTime<Utc>,
         lease: std::time::Duration,
     ) -> Result<Begin, StoreError> {
@@ -181,6 +188,7 @@ impl SqliteStore {
                 .bind(key)
                 .bind(request_hash.as_slice())
                 .bind(now.timestamp_micros())
+                .bind(owner)
                 .execute(&mut **tx)
                 .await
                 .map_err(backend)?;
@@ -194,6 +202,7 @@ impl SqliteStore {
                     .bind(key)
                     .bind(observed_locked_at.timestamp_micros())
                     .bind(now.timestamp_micros())
+                    .bind(owner)
                     .execute(&mut **tx)
                     .await
                     .map_err(backend)?
@@ -222,12 +231,15 @@ impl IdempotencyStore for SqliteStore {
         scope: &str,
         key: &str,
         request_hash: &[u8; 32],
+        owner: &str,
         now: DateTime<Utc>,
         lease: std::time::Duration,
     ) -> Result<Begin, StoreError> {
         check_scope_and_key(scope, key)?;
+        check_owner(owner)?;
         let mut tx = self.begin_write().await?;
-        let outcome = SqliteStore::begin_in(&mut tx, scope, key, request_hash, now, lease).await;
+        let outcome =
+            SqliteStore::begin_in(&mut tx, scope, key, request_hash, owner, now, lease).await;
         finish(tx, outcome).await
     }
 
@@ -260,17 +272,40 @@ impl IdempotencyStore for SqliteStore {
         Ok(())
     }
 
-    async fn release(&self, scope: &str, key: &str) -> Result<(), StoreError> {
+    async fn release(&self, scope: &str, key: &str, owner: &str) -> Result<(), StoreError> {
         check_scope_and_key(scope, key)?;
+        check_owner(owner)?;
         let mut tx = self.begin_write().await?;
         let outcome = sqlx::query(RELEASE_SQL)
             .bind(scope)
             .bind(key)
+            .bind(owner)
             .execute(&mut *tx)
             .await
             .map_err(backend);
         finish(tx, outcome).await?;
         Ok(())
+    }
+
+    async fn renew(
+        &self,
+        scope: &str,
+        key: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        check_scope_and_key(scope, key)?;
+        check_owner(owner)?;
+        let mut tx = self.begin_write().await?;
+        let outcome = sqlx::query(RENEW_SQL)
+            .bind(scope)
+            .bind(key)
+            .bind(owner)
+            .bind(now.timestamp_micros())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend);
+        Ok(finish(tx, outcome).await?.rows_affected() == 1)
     }
 
     async fn purge_before(&self, cutoff: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {

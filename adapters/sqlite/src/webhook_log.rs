@@ -20,8 +20,8 @@ use crate::{SqliteStore, append, backend, finish};
 
 const INSERT_SQL: &str = "insert into hyperswitch_webhook_log \
      (payload, signature_valid, processing_result, source_ip, user_agent, request_id, \
-      event_type, event_id, received_at, delivery_id) \
-     values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+      event_type, event_id, received_at, delivery_id, payload_sha256, payload_len) \
+     values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
      on conflict (delivery_id) do nothing returning id";
 
 /// The stored row of a delivery an insert skipped (already written).
@@ -35,7 +35,8 @@ const DELETE_BEFORE_SQL: &str = "delete from hyperswitch_webhook_log where id in
          order by received_at, id limit ?2)";
 
 const RECENT_SQL: &str = "select payload, signature_valid, processing_result, source_ip, \
-            user_agent, request_id, event_type, event_id, received_at, delivery_id \
+            user_agent, request_id, event_type, event_id, received_at, delivery_id, \
+            payload_sha256, payload_len \
      from hyperswitch_webhook_log order by received_at desc, id desc limit ?1";
 
 fn opt_text(value: Option<&String>) -> Option<String> {
@@ -63,6 +64,8 @@ fn decode_entry(row: &SqliteRow) -> Result<WebhookLogEntry, StoreError> {
                 })
             })
             .transpose()?,
+        payload_sha256: row.try_get("payload_sha256").map_err(backend)?,
+        payload_len: row.try_get("payload_len").map_err(backend)?,
     })
 }
 
@@ -204,6 +207,8 @@ async fn insert_one(
         .bind(opt_text(entry.event_id.as_ref()))
         .bind(entry.received_at.timestamp_micros())
         .bind(delivery.as_deref())
+        .bind(opt_text(entry.payload_sha256.as_ref()))
+        .bind(entry.payload_len)
         .fetch_optional(&mut **tx)
         .await
         .map_err(backend)?;

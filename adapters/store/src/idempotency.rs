@@ -9,6 +9,11 @@
 //! - A stale claim (its lease started strictly before `now - lease`) is taken
 //!   over by exactly one caller, by a compare-and-set on the claim's
 //!   `locked_at`.
+//! - A claim carries its owner (an opaque token, unique per claim). Only its
+//!   owner can renew it ([`IdempotencyStore::renew`], the heartbeat that keeps
+//!   a live request's lease short) or release it
+//!   ([`IdempotencyStore::release`]): a late release of a claim that was
+//!   taken over, completed or purged changes nothing.
 //! - The first [`IdempotencyStore::complete`] wins: completing a record that
 //!   is no longer in progress (already completed, released or purged) changes
 //!   nothing.
@@ -38,6 +43,9 @@ pub const IDEMPOTENCY_SCOPE_MAX: usize = 255;
 /// so a second round almost always settles it.
 pub const BEGIN_ATTEMPTS_MAX: usize = 8;
 
+/// Longest claim owner token, in characters (a process id and a claim id).
+pub const OWNER_MAX: usize = 128;
+
 /// A stored HTTP response, replayed byte for byte.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredResponse {
@@ -54,8 +62,10 @@ pub enum Begin {
     Completed(StoredResponse),
     /// Same key, different request hash (whether finished or not).
     Mismatch,
-    /// Same key + same hash, another request holds it and its lease has not expired.
-    InProgress,
+    /// Same key + same hash, another request holds it and its lease has not
+    /// expired. `lease_ends` is when it expires unless renewed (the HTTP
+    /// edge's `Retry-After`).
+    InProgress { lease_ends: DateTime<Utc> },
 }
 
 /// A command that creates a new stream under a key never used before: the
@@ -66,6 +76,9 @@ pub struct FreshCommand {
     pub scope: String,
     pub key: String,
     pub request_hash: [u8; 32],
+    /// The claim's owner (see [`IdempotencyStore::begin`]), kept when the
+    /// command is written without a response.
+    pub owner: String,
     /// The stream the command creates (derived from the key).
     pub stream: StreamId,
     /// Its events, versions `1..=n`.
@@ -96,14 +109,19 @@ pub trait IdempotencyStore: Send + Sync {
     /// Atomic: of N concurrent callers with one (scope,key) exactly one gets Started.
     /// A row InProgress whose lease started before `now - lease` is taken over (Started) — the holder crashed.
     ///
+    /// A claim made (or taken over) here carries `owner`, which
+    /// [`IdempotencyStore::renew`] and [`IdempotencyStore::release`] must
+    /// present: a token unique per claim, at most [`OWNER_MAX`] characters.
+    ///
     /// A key longer than [`IDEMPOTENCY_KEY_MAX`] characters, an empty key or
-    /// an over-long scope is refused with [`StoreError::Backend`] (see
-    /// [`check_scope_and_key`]); nothing is written.
+    /// an over-long scope or owner is refused with [`StoreError::Backend`]
+    /// (see [`check_scope_and_key`]); nothing is written.
     async fn begin(
         &self,
         scope: &str,
         key: &str,
         request_hash: &[u8; 32],
+        owner: &str,
         now: DateTime<Utc>,
         lease: std::time::Duration,
     ) -> Result<Begin, StoreError>;
@@ -119,11 +137,26 @@ pub trait IdempotencyStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 
-    /// Drop an in-progress claim so a retry can execute (used when execution failed with a 5xx).
-    /// A completed record is never released.
-    async fn release(&self, scope: &str, key: &str) -> Result<(), StoreError>;
+    /// Drops an in-progress claim held by `owner` so a retry can execute
+    /// (execution failed, or the request was dropped before it answered).
+    /// Idempotent and owner-checked: a completed record, a claim taken over
+    /// by another owner and an absent record are left as they are.
+    async fn release(&self, scope: &str, key: &str, owner: &str) -> Result<(), StoreError>;
 
-    /// Delete completed records older than cutoff, at most `limit`; returns rows deleted.
+    /// Renews the lease of an in-progress claim held by `owner`: its lease
+    /// now starts at `now`. `false` when `owner` no longer holds it (taken
+    /// over, completed, released or purged); nothing changes then.
+    async fn renew(
+        &self,
+        scope: &str,
+        key: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes completed records completed strictly before `cutoff`, oldest
+    /// first, at most `limit`; returns rows deleted. In-progress claims are
+    /// never deleted, however old.
     async fn purge_before(&self, cutoff: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
 
     /// Group commit of fresh commands: for each command, in batch order,
@@ -154,6 +187,7 @@ pub trait IdempotencyStore: Send + Sync {
 pub fn check_fresh_batch(batch: &[FreshCommand]) -> Result<(), StoreError> {
     for command in batch {
         check_scope_and_key(&command.scope, &command.key)?;
+        check_owner(&command.owner)?;
         validate_events(&command.events).map_err(StoreError::from)?;
     }
     Ok(())
@@ -189,6 +223,17 @@ pub fn check_scope_and_key(scope: &str, key: &str) -> Result<(), StoreError> {
     if scope_chars == 0 || scope_chars > IDEMPOTENCY_SCOPE_MAX {
         return Err(StoreError::Backend(format!(
             "idempotency scope must be 1..={IDEMPOTENCY_SCOPE_MAX} characters, got {scope_chars}"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses an empty or over-long claim owner.
+pub fn check_owner(owner: &str) -> Result<(), StoreError> {
+    let chars = owner.chars().count();
+    if chars == 0 || chars > OWNER_MAX {
+        return Err(StoreError::Backend(format!(
+            "idempotency claim owner must be 1..={OWNER_MAX} characters, got {chars}"
         )));
     }
     Ok(())
@@ -239,8 +284,19 @@ pub fn judge_existing(
             observed_locked_at: existing.locked_at,
         }
     } else {
-        Existing::Answer(Begin::InProgress)
+        Existing::Answer(Begin::InProgress {
+            lease_ends: lease_end(existing.locked_at, lease),
+        })
     }
+}
+
+/// When a lease started at `locked_at` ends (the latest representable
+/// time for one too long to add).
+pub fn lease_end(locked_at: DateTime<Utc>, lease: std::time::Duration) -> DateTime<Utc> {
+    chrono::TimeDelta::from_std(lease)
+        .ok()
+        .and_then(|lease| locked_at.checked_add_signed(lease))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// The error `begin` returns when [`BEGIN_ATTEMPTS_MAX`] rounds did not
@@ -301,7 +357,9 @@ mod tests {
         // Lease started exactly `lease` ago: still held.
         assert_eq!(
             judge_existing(record([1; 32], 940, None), &[1; 32], at(1000), lease),
-            Existing::Answer(Begin::InProgress)
+            Existing::Answer(Begin::InProgress {
+                lease_ends: at(1000)
+            })
         );
         assert_eq!(
             judge_existing(record([1; 32], 939, None), &[1; 32], at(1000), lease),
@@ -312,7 +370,9 @@ mod tests {
         // A lease too long to represent never expires.
         assert_eq!(
             judge_existing(record([1; 32], 0, None), &[1; 32], at(1000), Duration::MAX),
-            Existing::Answer(Begin::InProgress)
+            Existing::Answer(Begin::InProgress {
+                lease_ends: DateTime::<Utc>::MAX_UTC
+            })
         );
     }
 
@@ -325,5 +385,9 @@ mod tests {
         assert!(check_scope_and_key("s", "").is_err());
         assert!(check_scope_and_key("", "k").is_err());
         assert!(check_scope_and_key(&"s".repeat(IDEMPOTENCY_SCOPE_MAX + 1), "k").is_err());
+        assert!(check_owner("o").is_ok());
+        assert!(check_owner(&"o".repeat(OWNER_MAX)).is_ok());
+        assert!(check_owner(&"o".repeat(OWNER_MAX + 1)).is_err());
+        assert!(check_owner("").is_err());
     }
 }

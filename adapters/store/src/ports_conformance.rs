@@ -54,6 +54,8 @@ pub const BEGIN_RACERS: usize = 16;
 pub const RACE_ROUNDS: usize = 4;
 /// The lease the cases use.
 pub const LEASE: Duration = Duration::from_secs(60);
+/// The claim owner the cases use when only one is in play.
+pub const OWNER: &str = "owner-a";
 
 /// Runs every ports case as a `#[test]` named after it, each on its own
 /// multi-thread runtime (see [`crate::conformance::__run_case`]).
@@ -76,6 +78,8 @@ macro_rules! ports_suite {
             idempotency_concurrent_takeovers_have_one_winner,
             idempotency_concurrent_begins_have_one_winner,
             idempotency_release_lets_a_retry_start,
+            idempotency_release_is_owner_checked,
+            idempotency_renew_moves_the_lease_for_its_owner_only,
             idempotency_purge_deletes_old_completed_only,
             idempotency_scopes_are_independent,
             idempotency_key_length_is_bounded,
@@ -121,6 +125,13 @@ fn at(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(1_795_737_600 + secs, 0).unwrap()
 }
 
+/// `InProgress`, as answered for a claim whose lease started at `locked_at`.
+fn held_since(locked_at: DateTime<Utc>) -> Begin {
+    Begin::InProgress {
+        lease_ends: locked_at + TimeDelta::from_std(LEASE).unwrap(),
+    }
+}
+
 fn micros(n: i64) -> TimeDelta {
     TimeDelta::microseconds(n)
 }
@@ -141,18 +152,18 @@ fn response(body: &[u8]) -> StoredResponse {
 
 pub async fn idempotency_first_begin_starts_then_in_progress<S: IdempotencyStore>(store: &S) {
     let begun = store
-        .begin(SCOPE, "k1", &hash(1), at(0), LEASE)
+        .begin(SCOPE, "k1", &hash(1), OWNER, at(0), LEASE)
         .await
         .unwrap();
     assert_eq!(begun, Begin::Started);
     let again = store
-        .begin(SCOPE, "k1", &hash(1), at(1), LEASE)
+        .begin(SCOPE, "k1", &hash(1), OWNER, at(1), LEASE)
         .await
         .unwrap();
-    assert_eq!(again, Begin::InProgress);
+    assert_eq!(again, held_since(at(0)));
     // Another key is untouched by the first.
     let other = store
-        .begin(SCOPE, "k2", &hash(1), at(1), LEASE)
+        .begin(SCOPE, "k2", &hash(1), OWNER, at(1), LEASE)
         .await
         .unwrap();
     assert_eq!(other, Begin::Started);
@@ -169,7 +180,7 @@ pub async fn idempotency_complete_replays_identical_bytes<S: IdempotencyStore>(s
     };
     assert_eq!(
         store
-            .begin(SCOPE, "k", &hash(7), at(0), LEASE)
+            .begin(SCOPE, "k", &hash(7), OWNER, at(0), LEASE)
             .await
             .unwrap(),
         Begin::Started
@@ -177,14 +188,14 @@ pub async fn idempotency_complete_replays_identical_bytes<S: IdempotencyStore>(s
     store.complete(SCOPE, "k", &stored, at(1)).await.unwrap();
     // Long after the lease: a completed record replays, it is never taken over.
     let replay = store
-        .begin(SCOPE, "k", &hash(7), at(86_400), LEASE)
+        .begin(SCOPE, "k", &hash(7), OWNER, at(86_400), LEASE)
         .await
         .unwrap();
     assert_eq!(replay, Begin::Completed(stored.clone()));
     // An empty body replays as empty, not as "no response".
     assert_eq!(
         store
-            .begin(SCOPE, "e", &hash(7), at(0), LEASE)
+            .begin(SCOPE, "e", &hash(7), OWNER, at(0), LEASE)
             .await
             .unwrap(),
         Begin::Started
@@ -197,7 +208,7 @@ pub async fn idempotency_complete_replays_identical_bytes<S: IdempotencyStore>(s
     store.complete(SCOPE, "e", &empty, at(1)).await.unwrap();
     assert_eq!(
         store
-            .begin(SCOPE, "e", &hash(7), at(2), LEASE)
+            .begin(SCOPE, "e", &hash(7), OWNER, at(2), LEASE)
             .await
             .unwrap(),
         Begin::Completed(empty)
@@ -207,7 +218,7 @@ pub async fn idempotency_complete_replays_identical_bytes<S: IdempotencyStore>(s
 pub async fn idempotency_first_completion_wins<S: IdempotencyStore>(store: &S) {
     assert_eq!(
         store
-            .begin(SCOPE, "k", &hash(1), at(0), LEASE)
+            .begin(SCOPE, "k", &hash(1), OWNER, at(0), LEASE)
             .await
             .unwrap(),
         Begin::Started
@@ -223,7 +234,7 @@ pub async fn idempotency_first_completion_wins<S: IdempotencyStore>(store: &S) {
         .unwrap();
     assert_eq!(
         store
-            .begin(SCOPE, "k", &hash(1), at(3), LEASE)
+            .begin(SCOPE, "k", &hash(1), OWNER, at(3), LEASE)
             .await
             .unwrap(),
         Begin::Completed(response(b"first"))
@@ -235,7 +246,7 @@ pub async fn idempotency_first_completion_wins<S: IdempotencyStore>(store: &S) {
         .unwrap();
     assert_eq!(
         store
-            .begin(SCOPE, "never-begun", &hash(1), at(5), LEASE)
+            .begin(SCOPE, "never-begun", &hash(1), OWNER, at(5), LEASE)
             .await
             .unwrap(),
         Begin::Started
@@ -246,14 +257,14 @@ pub async fn idempotency_different_hash_is_mismatch<S: IdempotencyStore>(store: 
     // In progress.
     assert_eq!(
         store
-            .begin(SCOPE, "k", &hash(1), at(0), LEASE)
+            .begin(SCOPE, "k", &hash(1), OWNER, at(0), LEASE)
             .await
             .unwrap(),
         Begin::Started
     );
     assert_eq!(
         store
-            .begin(SCOPE, "k", &hash(2), at(1), LEASE)
+            .begin(SCOPE, "k", &hash(2), OWNER, at(1), LEASE)
             .await
             .unwrap(),
         Begin::Mismatch
@@ -261,7 +272,7 @@ pub async fn idempotency_different_hash_is_mismatch<S: IdempotencyStore>(store: 
     // In progress with an expired lease: still a mismatch, never a takeover.
     assert_eq!(
         store
-            .begin(SCOPE, "k", &hash(2), at(10_000), LEASE)
+            .begin(SCOPE, "k", &hash(2), OWNER, at(10_000), LEASE)
             .await
             .unwrap(),
         Begin::Mismatch
@@ -269,10 +280,10 @@ pub async fn idempotency_different_hash_is_mismatch<S: IdempotencyStore>(store: 
     // The mismatching calls left the claim alone.
     assert_eq!(
         store
-            .begin(SCOPE, "k", &hash(1), at(2), LEASE)
+            .begin(SCOPE, "k", &hash(1), OWNER, at(2), LEASE)
             .await
             .unwrap(),
-        Begin::InProgress
+        held_since(at(0))
     );
     // Completed.
     store
@@ -281,7 +292,7 @@ pub async fn idempotency_different_hash_is_mismatch<S: IdempotencyStore>(store: 
         .unwrap();
     assert_eq!(
         store
-            .begin(SCOPE, "k", &hash(2), at(4), LEASE)
+            .begin(SCOPE, "k", &hash(2), OWNER, at(4), LEASE)
             .await
             .unwrap(),
         Begin::Mismatch
@@ -290,12 +301,15 @@ pub async fn idempotency_different_hash_is_mismatch<S: IdempotencyStore>(store: 
     let mut close = hash(1);
     close[31] = 0;
     assert_eq!(
-        store.begin(SCOPE, "k", &close, at(5), LEASE).await.unwrap(),
+        store
+            .begin(SCOPE, "k", &close, OWNER, at(5), LEASE)
+            .await
+            .unwrap(),
         Begin::Mismatch
     );
     assert_eq!(
         store
-            .begin(SCOPE, "k", &hash(1), at(6), LEASE)
+            .begin(SCOPE, "k", &hash(1), OWNER, at(6), LEASE)
             .await
             .unwrap(),
         Begin::Completed(response(b"{}"))
@@ -306,7 +320,7 @@ pub async fn idempotency_lease_boundary_and_takeover<S: IdempotencyStore>(store:
     let lease = TimeDelta::from_std(LEASE).unwrap();
     assert_eq!(
         store
-            .begin(SCOPE, "k", &hash(1), at(0), LEASE)
+            .begin(SCOPE, "k", &hash(1), OWNER, at(0), LEASE)
             .await
             .unwrap(),
         Begin::Started
@@ -314,16 +328,16 @@ pub async fn idempotency_lease_boundary_and_takeover<S: IdempotencyStore>(store:
     // Started exactly `lease` ago: still held.
     assert_eq!(
         store
-            .begin(SCOPE, "k", &hash(1), at(0) + lease, LEASE)
+            .begin(SCOPE, "k", &hash(1), OWNER, at(0) + lease, LEASE)
             .await
             .unwrap(),
-        Begin::InProgress
+        held_since(at(0))
     );
     // One microsecond later the holder is presumed dead.
     let takeover_at = at(0) + lease + micros(1);
     assert_eq!(
         store
-            .begin(SCOPE, "k", &hash(1), takeover_at, LEASE)
+            .begin(SCOPE, "k", &hash(1), OWNER, takeover_at, LEASE)
             .await
             .unwrap(),
         Begin::Started
@@ -331,10 +345,10 @@ pub async fn idempotency_lease_boundary_and_takeover<S: IdempotencyStore>(store:
     // The takeover renewed the lease: the next caller waits again.
     assert_eq!(
         store
-            .begin(SCOPE, "k", &hash(1), takeover_at + lease, LEASE)
+            .begin(SCOPE, "k", &hash(1), OWNER, takeover_at + lease, LEASE)
             .await
             .unwrap(),
-        Begin::InProgress
+        held_since(takeover_at)
     );
     // And the new holder's completion is what replays.
     store
@@ -348,7 +362,7 @@ pub async fn idempotency_lease_boundary_and_takeover<S: IdempotencyStore>(store:
         .unwrap();
     assert_eq!(
         store
-            .begin(SCOPE, "k", &hash(1), takeover_at + lease * 10, LEASE)
+            .begin(SCOPE, "k", &hash(1), OWNER, takeover_at + lease * 10, LEASE)
             .await
             .unwrap(),
         Begin::Completed(response(b"new holder"))
@@ -364,13 +378,14 @@ async fn race_begin<S: IdempotencyStore + Clone + 'static>(
 ) -> Vec<Begin> {
     let barrier = Arc::new(Barrier::new(tasks));
     let handles: Vec<_> = (0..tasks)
-        .map(|_| {
+        .map(|i| {
             let store = store.clone();
             let barrier = barrier.clone();
             let key = key.to_owned();
             tokio::spawn(async move {
                 barrier.wait().await;
-                store.begin(SCOPE, &key, &hash(9), now, LEASE).await
+                let owner = format!("racer-{i}");
+                store.begin(SCOPE, &key, &hash(9), &owner, now, LEASE).await
             })
         })
         .collect();
@@ -395,19 +410,20 @@ pub async fn idempotency_concurrent_takeovers_have_one_winner<
         let key = format!("takeover-{round}");
         assert_eq!(
             store
-                .begin(SCOPE, &key, &hash(9), at(0), LEASE)
+                .begin(SCOPE, &key, &hash(9), OWNER, at(0), LEASE)
                 .await
                 .unwrap(),
             Begin::Started
         );
-        let answers = race_begin(store, &key, 2, at(0) + lease + micros(1)).await;
+        let now = at(0) + lease + micros(1);
+        let answers = race_begin(store, &key, 2, now).await;
         assert_eq!(
             count(&answers, &Begin::Started),
             1,
             "round {round}: {answers:?}"
         );
         assert_eq!(
-            count(&answers, &Begin::InProgress),
+            count(&answers, &held_since(now)),
             1,
             "round {round}: {answers:?}"
         );
@@ -428,7 +444,7 @@ pub async fn idempotency_concurrent_begins_have_one_winner<
             "round {round}: {answers:?}"
         );
         assert_eq!(
-            count(&answers, &Begin::InProgress),
+            count(&answers, &held_since(at(0))),
             BEGIN_RACERS - 1,
             "round {round}: {answers:?}"
         );
@@ -438,16 +454,16 @@ pub async fn idempotency_concurrent_begins_have_one_winner<
 pub async fn idempotency_release_lets_a_retry_start<S: IdempotencyStore>(store: &S) {
     assert_eq!(
         store
-            .begin(SCOPE, "k", &hash(1), at(0), LEASE)
+            .begin(SCOPE, "k", &hash(1), OWNER, at(0), LEASE)
             .await
             .unwrap(),
         Begin::Started
     );
-    store.release(SCOPE, "k").await.unwrap();
+    store.release(SCOPE, "k", OWNER).await.unwrap();
     // Within the old lease, and even with another body: the key is free.
     assert_eq!(
         store
-            .begin(SCOPE, "k", &hash(2), at(1), LEASE)
+            .begin(SCOPE, "k", &hash(2), OWNER, at(1), LEASE)
             .await
             .unwrap(),
         Begin::Started
@@ -457,16 +473,195 @@ pub async fn idempotency_release_lets_a_retry_start<S: IdempotencyStore>(store: 
         .await
         .unwrap();
     // A completed record is never released.
-    store.release(SCOPE, "k").await.unwrap();
+    store.release(SCOPE, "k", OWNER).await.unwrap();
     assert_eq!(
         store
-            .begin(SCOPE, "k", &hash(2), at(3), LEASE)
+            .begin(SCOPE, "k", &hash(2), OWNER, at(3), LEASE)
             .await
             .unwrap(),
         Begin::Completed(response(b"done"))
     );
     // Releasing an unknown key is a no-op, not an error.
-    store.release(SCOPE, "unknown").await.unwrap();
+    store.release(SCOPE, "unknown", OWNER).await.unwrap();
+}
+
+pub async fn idempotency_release_is_owner_checked<S: IdempotencyStore>(store: &S) {
+    let lease = TimeDelta::from_std(LEASE).unwrap();
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), "owner-a", at(0), LEASE)
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    // Someone else's release leaves the claim alone.
+    store.release(SCOPE, "k", "owner-b").await.unwrap();
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), "owner-b", at(1), LEASE)
+            .await
+            .unwrap(),
+        held_since(at(0))
+    );
+    // The owner's release frees it; a second one is a no-op.
+    store.release(SCOPE, "k", "owner-a").await.unwrap();
+    store.release(SCOPE, "k", "owner-a").await.unwrap();
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), "owner-b", at(2), LEASE)
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    // A's late release (say, from a request that was dropped after its
+    // lease ran out) does not free B's newer claim.
+    store.release(SCOPE, "k", "owner-a").await.unwrap();
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), "owner-c", at(3), LEASE)
+            .await
+            .unwrap(),
+        held_since(at(2))
+    );
+    // B crashes; C takes the claim over after the lease. B's release
+    // afterwards leaves C's claim alone, C's own release frees it.
+    let takeover_at = at(2) + lease + micros(1);
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), "owner-c", takeover_at, LEASE)
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    store.release(SCOPE, "k", "owner-b").await.unwrap();
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), "owner-d", takeover_at, LEASE)
+            .await
+            .unwrap(),
+        held_since(takeover_at)
+    );
+    store.release(SCOPE, "k", "owner-c").await.unwrap();
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), "owner-d", takeover_at, LEASE)
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    // A completed record is released by nobody, not even its owner.
+    store
+        .complete(SCOPE, "k", &response(b"d"), takeover_at)
+        .await
+        .unwrap();
+    store.release(SCOPE, "k", "owner-d").await.unwrap();
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), "owner-e", takeover_at, LEASE)
+            .await
+            .unwrap(),
+        Begin::Completed(response(b"d"))
+    );
+    // A bad owner is refused, never a panic.
+    assert!(store.release(SCOPE, "k", "").await.is_err());
+    assert!(
+        store
+            .begin(SCOPE, "k2", &hash(1), "", at(0), LEASE)
+            .await
+            .is_err()
+    );
+}
+
+pub async fn idempotency_renew_moves_the_lease_for_its_owner_only<S: IdempotencyStore>(store: &S) {
+    let lease = TimeDelta::from_std(LEASE).unwrap();
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), "owner-a", at(0), LEASE)
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    // The holder's heartbeat: its lease now starts at 50, so a retry past
+    // the first lease still finds it held.
+    assert!(store.renew(SCOPE, "k", "owner-a", at(50)).await.unwrap());
+    let after_first_lease = at(0) + lease + micros(1);
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), "owner-b", after_first_lease, LEASE)
+            .await
+            .unwrap(),
+        held_since(at(50))
+    );
+    // Only the owner renews.
+    assert!(!store.renew(SCOPE, "k", "owner-b", at(55)).await.unwrap());
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), "owner-b", at(55), LEASE)
+            .await
+            .unwrap(),
+        held_since(at(50))
+    );
+    // Without heartbeats the renewed lease runs out too: B takes over, and
+    // A's heartbeat then reports the claim lost and changes nothing.
+    let takeover_at = at(50) + lease + micros(1);
+    assert_eq!(
+        store
+            .begin(SCOPE, "k", &hash(1), "owner-b", takeover_at, LEASE)
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    assert!(
+        !store
+            .renew(SCOPE, "k", "owner-a", takeover_at + micros(1))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .begin(
+                SCOPE,
+                "k",
+                &hash(1),
+                "owner-c",
+                takeover_at + micros(2),
+                LEASE
+            )
+            .await
+            .unwrap(),
+        held_since(takeover_at)
+    );
+    // A completed record, an absent one: nothing to renew.
+    store
+        .complete(SCOPE, "k", &response(b"b"), takeover_at + micros(3))
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .renew(SCOPE, "k", "owner-b", takeover_at + micros(4))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .renew(SCOPE, "absent", "owner-b", takeover_at)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .begin(
+                SCOPE,
+                "k",
+                &hash(1),
+                "owner-c",
+                takeover_at + lease * 2,
+                LEASE
+            )
+            .await
+            .unwrap(),
+        Begin::Completed(response(b"b"))
+    );
 }
 
 pub async fn idempotency_purge_deletes_old_completed_only<S: IdempotencyStore>(store: &S) {
@@ -474,7 +669,7 @@ pub async fn idempotency_purge_deletes_old_completed_only<S: IdempotencyStore>(s
     for (key, done) in [("c10", 10), ("c30", 30), ("c20", 20), ("c40", 40)] {
         assert_eq!(
             store
-                .begin(SCOPE, key, &hash(1), at(0), LEASE)
+                .begin(SCOPE, key, &hash(1), OWNER, at(0), LEASE)
                 .await
                 .unwrap(),
             Begin::Started
@@ -487,7 +682,7 @@ pub async fn idempotency_purge_deletes_old_completed_only<S: IdempotencyStore>(s
     // An abandoned claim from long ago: not completed, so not purged.
     assert_eq!(
         store
-            .begin(SCOPE, "open", &hash(1), at(0), LEASE)
+            .begin(SCOPE, "open", &hash(1), OWNER, at(0), LEASE)
             .await
             .unwrap(),
         Begin::Started
@@ -498,14 +693,14 @@ pub async fn idempotency_purge_deletes_old_completed_only<S: IdempotencyStore>(s
     // The oldest went first.
     assert_eq!(
         store
-            .begin(SCOPE, "c10", &hash(1), at(50), LEASE)
+            .begin(SCOPE, "c10", &hash(1), OWNER, at(50), LEASE)
             .await
             .unwrap(),
         Begin::Started
     );
     assert_eq!(
         store
-            .begin(SCOPE, "c20", &hash(1), at(50), LEASE)
+            .begin(SCOPE, "c20", &hash(1), OWNER, at(50), LEASE)
             .await
             .unwrap(),
         Begin::Completed(response(b"c20"))
@@ -516,21 +711,21 @@ pub async fn idempotency_purge_deletes_old_completed_only<S: IdempotencyStore>(s
     // in progress at 50: its lease is long over, so it is taken over).
     assert_eq!(
         store
-            .begin(SCOPE, "c40", &hash(1), at(50), LEASE)
+            .begin(SCOPE, "c40", &hash(1), OWNER, at(50), LEASE)
             .await
             .unwrap(),
         Begin::Completed(response(b"c40"))
     );
     assert_eq!(
         store
-            .begin(SCOPE, "c30", &hash(1), at(50), LEASE)
+            .begin(SCOPE, "c30", &hash(1), OWNER, at(50), LEASE)
             .await
             .unwrap(),
         Begin::Started
     );
     assert_eq!(
         store
-            .begin(SCOPE, "open", &hash(2), at(50), LEASE)
+            .begin(SCOPE, "open", &hash(2), OWNER, at(50), LEASE)
             .await
             .unwrap(),
         Begin::Mismatch
@@ -541,14 +736,14 @@ pub async fn idempotency_scopes_are_independent<S: IdempotencyStore>(store: &S) 
     let other = "POST /v1/orders/{id}/refunds";
     assert_eq!(
         store
-            .begin(SCOPE, "k", &hash(1), at(0), LEASE)
+            .begin(SCOPE, "k", &hash(1), OWNER, at(0), LEASE)
             .await
             .unwrap(),
         Begin::Started
     );
     assert_eq!(
         store
-            .begin(other, "k", &hash(2), at(0), LEASE)
+            .begin(other, "k", &hash(2), OWNER, at(0), LEASE)
             .await
             .unwrap(),
         Begin::Started
@@ -559,15 +754,15 @@ pub async fn idempotency_scopes_are_independent<S: IdempotencyStore>(store: &S) 
         .unwrap();
     assert_eq!(
         store
-            .begin(SCOPE, "k", &hash(1), at(2), LEASE)
+            .begin(SCOPE, "k", &hash(1), OWNER, at(2), LEASE)
             .await
             .unwrap(),
-        Begin::InProgress
+        held_since(at(0))
     );
-    store.release(SCOPE, "k").await.unwrap();
+    store.release(SCOPE, "k", OWNER).await.unwrap();
     assert_eq!(
         store
-            .begin(other, "k", &hash(2), at(3), LEASE)
+            .begin(other, "k", &hash(2), OWNER, at(3), LEASE)
             .await
             .unwrap(),
         Begin::Completed(response(b"refund"))
@@ -579,7 +774,7 @@ pub async fn idempotency_key_length_is_bounded<S: IdempotencyStore>(store: &S) {
     let longest = "é".repeat(IDEMPOTENCY_KEY_MAX);
     assert_eq!(
         store
-            .begin(SCOPE, &longest, &hash(1), at(0), LEASE)
+            .begin(SCOPE, &longest, &hash(1), OWNER, at(0), LEASE)
             .await
             .unwrap(),
         Begin::Started
@@ -590,7 +785,7 @@ pub async fn idempotency_key_length_is_bounded<S: IdempotencyStore>(store: &S) {
         .unwrap();
     assert_eq!(
         store
-            .begin(SCOPE, &longest, &hash(1), at(2), LEASE)
+            .begin(SCOPE, &longest, &hash(1), OWNER, at(2), LEASE)
             .await
             .unwrap(),
         Begin::Completed(response(b"ok"))
@@ -600,7 +795,7 @@ pub async fn idempotency_key_length_is_bounded<S: IdempotencyStore>(store: &S) {
     for key in [too_long.as_str(), ""] {
         assert!(
             store
-                .begin(SCOPE, key, &hash(1), at(0), LEASE)
+                .begin(SCOPE, key, &hash(1), OWNER, at(0), LEASE)
                 .await
                 .is_err(),
             "{} chars",
@@ -612,14 +807,16 @@ pub async fn idempotency_key_length_is_bounded<S: IdempotencyStore>(store: &S) {
                 .await
                 .is_err()
         );
-        assert!(store.release(SCOPE, key).await.is_err());
+        assert!(store.release(SCOPE, key, OWNER).await.is_err());
     }
     // A key the database cannot hold (a NUL) fails cleanly too, or works:
     // either way no panic and no effect on other keys.
-    let _ = store.begin(SCOPE, "nul\0key", &hash(1), at(0), LEASE).await;
+    let _ = store
+        .begin(SCOPE, "nul\0key", &hash(1), OWNER, at(0), LEASE)
+        .await;
     assert_eq!(
         store
-            .begin(SCOPE, &longest, &hash(1), at(3), LEASE)
+            .begin(SCOPE, &longest, &hash(1), OWNER, at(3), LEASE)
             .await
             .unwrap(),
         Begin::Completed(response(b"ok"))
@@ -638,6 +835,8 @@ fn entry(n: i64) -> WebhookLogEntry {
         event_id: Some(format!("evt_{n}")),
         received_at: at(n),
         delivery_id: Some(delivery(n)),
+        payload_sha256: None,
+        payload_len: None,
     }
 }
 
@@ -659,6 +858,11 @@ pub async fn webhook_log_every_field_round_trips<S: WebhookLogStore>(store: &S) 
         event_id: None,
         received_at: at(2) + micros(123_456),
         delivery_id: None,
+        // A cut-down unsigned body: its whole body's hash and length.
+        payload_sha256: Some(
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".to_owned(),
+        ),
+        payload_len: Some(65_536),
     };
     let error = WebhookLogEntry {
         payload: "not json \u{1F4B8}".to_owned(),
@@ -828,6 +1032,7 @@ fn fresh(key: &str, stream: &str, events: usize, body: Option<&[u8]>) -> FreshCo
         scope: SCOPE.to_owned(),
         key: key.to_owned(),
         request_hash: hash(7),
+        owner: OWNER.to_owned(),
         stream: fresh_stream(stream),
         events: (0..events)
             .map(|i| new_event("FreshEvent", format!(r#"{{"key":"{key}","i":{i}}}"#)))
@@ -893,21 +1098,21 @@ pub async fn fresh_batch_claims_appends_and_completes<S: IdempotencyStore + Even
     // Completed with its response, claimed in progress without one.
     assert_eq!(
         store
-            .begin(SCOPE, "a", &hash(7), at(1), LEASE)
+            .begin(SCOPE, "a", &hash(7), OWNER, at(1), LEASE)
             .await
             .unwrap(),
         Begin::Completed(response(b"answer a"))
     );
     assert_eq!(
         store
-            .begin(SCOPE, "b", &hash(7), at(1), LEASE)
+            .begin(SCOPE, "b", &hash(7), OWNER, at(1), LEASE)
             .await
             .unwrap(),
-        Begin::InProgress
+        held_since(at(0))
     );
     assert_eq!(
         store
-            .begin(SCOPE, "c", &hash(8), at(1), LEASE)
+            .begin(SCOPE, "c", &hash(8), OWNER, at(1), LEASE)
             .await
             .unwrap(),
         Begin::Mismatch
@@ -920,7 +1125,7 @@ pub async fn fresh_batch_claims_appends_and_completes<S: IdempotencyStore + Even
         .unwrap();
     assert_eq!(
         store
-            .begin(SCOPE, "b", &hash(7), at(3), LEASE)
+            .begin(SCOPE, "b", &hash(7), OWNER, at(3), LEASE)
             .await
             .unwrap(),
         Begin::Completed(response(b"answer b"))
@@ -935,7 +1140,7 @@ pub async fn fresh_batch_leaves_used_keys_and_existing_streams_alone<
     // k1 is claimed already; stream s2 already has an event.
     assert_eq!(
         store
-            .begin(SCOPE, "k1", &hash(1), at(0), LEASE)
+            .begin(SCOPE, "k1", &hash(1), OWNER, at(0), LEASE)
             .await
             .unwrap(),
         Begin::Started
@@ -966,16 +1171,16 @@ pub async fn fresh_batch_leaves_used_keys_and_existing_streams_alone<
     assert_eq!(stream_len(store, "s4").await, 0);
     assert_eq!(
         store
-            .begin(SCOPE, "k1", &hash(1), at(6), LEASE)
+            .begin(SCOPE, "k1", &hash(1), OWNER, at(6), LEASE)
             .await
             .unwrap(),
-        Begin::InProgress,
+        held_since(at(0)),
         "the earlier claim stands"
     );
     for free in ["k2", "k5"] {
         assert_eq!(
             store
-                .begin(SCOPE, free, &hash(7), at(6), LEASE)
+                .begin(SCOPE, free, &hash(7), OWNER, at(6), LEASE)
                 .await
                 .unwrap(),
             Begin::Started,
@@ -984,7 +1189,7 @@ pub async fn fresh_batch_leaves_used_keys_and_existing_streams_alone<
     }
     assert_eq!(
         store
-            .begin(SCOPE, "k3", &hash(7), at(6), LEASE)
+            .begin(SCOPE, "k3", &hash(7), OWNER, at(6), LEASE)
             .await
             .unwrap(),
         Begin::Completed(response(b"three"))
@@ -1032,7 +1237,14 @@ pub async fn fresh_batch_racing_one_key_or_stream_writes_once<
                 let mut completed = 0;
                 for i in 0..BEGIN_RACERS {
                     match store
-                        .begin(SCOPE, &format!("{stream}-{i}"), &hash(7), at(1), LEASE)
+                        .begin(
+                            SCOPE,
+                            &format!("{stream}-{i}"),
+                            &hash(7),
+                            OWNER,
+                            at(1),
+                            LEASE,
+                        )
                         .await
                         .unwrap()
                     {

@@ -58,6 +58,31 @@ pub struct WebhookLogEntry {
     /// never adds a second row. `None` (rows from before the column) never
     /// conflicts.
     pub delivery_id: Option<uuid::Uuid>,
+    /// SHA-256 of the whole body as received, lowercase hex, when `payload`
+    /// keeps only part of it (a signature-invalid delivery: see
+    /// [`UNSIGNED_PAYLOAD_KEPT_MAX`]); `None` when `payload` is the body.
+    pub payload_sha256: Option<String>,
+    /// The whole body's length in bytes, on the same rows as
+    /// `payload_sha256`.
+    pub payload_len: Option<i64>,
+}
+
+/// Most bytes of a signature-invalid body a row keeps: anyone can send
+/// those, so the log keeps enough to recognise one (with its headers, hash
+/// and length), not the body.
+pub const UNSIGNED_PAYLOAD_KEPT_MAX: usize = 4 * 1024;
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a char
+/// boundary.
+pub fn prefix_on_char_boundary(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 #[async_trait]
@@ -162,6 +187,17 @@ pub fn check_webhook_log(entry: &WebhookLogEntry) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefixes_end_on_a_char_boundary() {
+        assert_eq!(prefix_on_char_boundary("abc", 5), "abc");
+        assert_eq!(prefix_on_char_boundary("abc", 2), "ab");
+        // "é" is two bytes: a cut inside it drops it whole.
+        assert_eq!(prefix_on_char_boundary("aé", 2), "a");
+        assert_eq!(prefix_on_char_boundary("aé", 3), "aé");
+        assert_eq!(prefix_on_char_boundary("☕☕", 4), "☕");
+        assert_eq!(prefix_on_char_boundary("☕", 0), "");
+    }
 
     #[test]
     fn nul_becomes_replacement_character_and_clean_text_is_borrowed() {

@@ -317,10 +317,12 @@ pub async fn place_order(
             &order_created(&placed, None),
         )?)),
     };
+    let owner = idempotency::new_owner();
     let command_fresh = FreshCommand {
         scope: scope.clone(),
         key: key.clone(),
         request_hash: idempotency::request_hash(&scope, &body),
+        owner: owner.clone(),
         stream: stream.clone(),
         events: to_new_events::<Order>(&ctx, &stream, &fresh_events),
         response: response.clone(),
@@ -338,8 +340,9 @@ pub async fn place_order(
                 Some(stored) => idempotency::respond(&stored, false),
                 // Claimed in progress: start the payment, then store the answer.
                 None => {
+                    let claim = idempotency::Claim::held(&state, &scope, &key, owner);
                     let outcome = start_payment(&state, &stream, placed).await;
-                    idempotency::finish(&state, &scope, &key, outcome).await
+                    claim.finish(&state, outcome).await
                 }
             });
         }

@@ -32,9 +32,12 @@ use ledger_psp::{event_type_best_effort, parse_envelope, verify_hyperswitch};
 use ledger_store::EventStore;
 use ledger_store::group_commit::GroupedAppends;
 use ledger_store::handle::{CommandContext, HandleError, execute};
-use ledger_store::webhook_log::{RESULT_OK, WebhookLogEntry};
+use ledger_store::webhook_log::{
+    RESULT_OK, UNSIGNED_PAYLOAD_KEPT_MAX, WebhookLogEntry, prefix_on_char_boundary,
+};
 use ledger_store::{AppendResult, READ_BATCH_MAX, StoreError, StreamAppend};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use super::error::{ApiError, ErrorBody};
 use super::{AppState, RequestId, WEBHOOK_BODY_MAX};
@@ -108,6 +111,15 @@ impl Outcome {
     }
 }
 
+/// Cuts a logged payload down to [`UNSIGNED_PAYLOAD_KEPT_MAX`] bytes (on a
+/// char boundary) and records the whole body's SHA-256 and length.
+fn keep_digest_only(entry: &mut WebhookLogEntry, body: &[u8]) {
+    let kept = prefix_on_char_boundary(&entry.payload, UNSIGNED_PAYLOAD_KEPT_MAX).len();
+    entry.payload.truncate(kept);
+    entry.payload_sha256 = Some(hex::encode(Sha256::digest(body)));
+    entry.payload_len = i64::try_from(body.len()).ok();
+}
+
 fn header_text(headers: &HeaderMap, name: impl axum::http::header::AsHeaderName) -> Option<String> {
     headers
         .get(name)
@@ -169,6 +181,8 @@ pub async fn hyperswitch(State(state): State<AppState>, request: Request) -> Res
         // Every write of this delivery's row (a retry after a lost answer
         // included) carries it, so the row is written once.
         delivery_id: Some(uuid::Uuid::new_v4()),
+        payload_sha256: None,
+        payload_len: None,
     };
     let event_id = entry.event_id.clone();
     let request_id = entry.request_id.clone();
@@ -186,6 +200,11 @@ pub async fn hyperswitch(State(state): State<AppState>, request: Request) -> Res
         let mut entry = appends.entry;
         entry.signature_valid = !matches!(outcome, Outcome::SignatureInvalid);
         entry.processing_result = outcome.result_text();
+        if !entry.signature_valid {
+            // Anyone can send these: keep the headers, the body's hash and
+            // length, and at most its first bytes, not the whole body.
+            keep_digest_only(&mut entry, &body);
+        }
         if let Err(e) = state.log_writer.insert(entry).await {
             tracing::error!(error = %e, event_id = ?event_id, "could not write the webhook log row; acknowledging anyway");
         }
@@ -533,6 +552,8 @@ mod tests {
                 event_id: None,
                 received_at: chrono::Utc::now(),
                 delivery_id: None,
+                payload_sha256: None,
+                payload_len: None,
             },
         );
         let (kept, other) = (

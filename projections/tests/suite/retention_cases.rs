@@ -80,6 +80,8 @@ fn entry(n: usize, received_at: DateTime<Utc>) -> WebhookLogEntry {
         received_at,
         // Retention ignores it; none, so repeated `n`s stay separate rows.
         delivery_id: None,
+        payload_sha256: None,
+        payload_len: None,
     }
 }
 
