@@ -10,6 +10,10 @@
 //!   which catches a deleted tail wherever the backend keeps a head.
 //! - The journal invariants of [`crate::journal`] are checked over the same
 //!   pass.
+//! - Every provider-mismatch anomaly recorded on a transfer stream (a second
+//!   payout for one share, an object the ledger does not know, another
+//!   amount) and not resolved by an operator is a `provider_mismatch`
+//!   finding: the ledger's books may balance while the provider's disagree.
 //! - Memory is bounded per stream: one fold state, one chain verifier and a
 //!   few journal sums per stream; pages of the feed are read one at a time
 //!   (the next one prefetched while the current one is checked).
