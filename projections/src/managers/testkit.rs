@@ -651,6 +651,7 @@ macro_rules! manager_scenarios {
             two_managers_resolving_one_indeterminate_payout_pay_once,
             reversal_created_then_500_is_found_by_reading,
             reversal_lost_without_effect_moves_to_a_new_key_once,
+            reversal_indeterminate_is_read_by_the_operator_and_after_a_pruned_key,
             payment_created_then_500_is_read_not_created_again,
             refund_created_then_500_is_read_not_created_again,
             an_unknown_refund_status_is_one_anomaly_and_no_retry_loop,
@@ -1681,6 +1682,48 @@ pub mod scenarios {
             Some(refund_id.to_string().as_str())
         );
         assert_eq!(h.counters().requests_to(Endpoint::CreateReversal), 1);
+    }
+
+    pub async fn reversal_indeterminate_is_read_by_the_operator_and_after_a_pruned_key(
+        make: &impl MakeHarness,
+    ) {
+        let h = make.make(test_config()).await;
+        // The operator's retry reads first and finds the reversal.
+        let (id, _) = reversal_pending(&h, "rev-op").await;
+        h.fake
+            .inject_fault(Endpoint::CreateReversal, Fault::SucceedThenStatus(500), 1);
+        h.run_worker(WorkerKind::Reversal).await;
+        assert_eq!(
+            h.transfer_by_id(id).await.status,
+            TransferStatus::ReversalIndeterminate
+        );
+        let retried = h
+            .managers
+            .retry_transfer_now(id, h.now())
+            .await
+            .expect("operator retry");
+        let t = h.transfer_by_id(id).await;
+        assert_eq!(retried.from_status, "reversal_indeterminate");
+        assert_eq!(retried.status, "reversed");
+        assert_eq!(
+            retried.found.as_deref(),
+            Some(t.stripe_reversal_ids[0].as_str())
+        );
+        // A day later, with every key pruned, the worker still sends nothing
+        // again: the next read finds the reversal.
+        let (id, _) = reversal_pending(&h, "rev-pruned").await;
+        h.fake
+            .inject_fault(Endpoint::CreateReversal, Fault::SucceedThenStatus(500), 1);
+        h.run_worker(WorkerKind::Reversal).await;
+        h.fake.prune_idempotency_keys();
+        h.advance(Duration::from_secs(24 * 3_600));
+        h.run_until_idle().await;
+        let t = h.transfer_by_id(id).await;
+        assert_eq!(t.status, TransferStatus::Reversed);
+        let stripe = t.stripe_transfer_id.clone().expect("paid");
+        assert_eq!(h.fake.reversals_of(stripe.as_str()).len(), 1);
+        assert_eq!(h.counters().reversals_created, 2);
+        assert_eq!(h.counters().requests_to(Endpoint::CreateReversal), 2);
     }
 
     pub async fn reversal_lost_without_effect_moves_to_a_new_key_once(make: &impl MakeHarness) {
