@@ -7,7 +7,10 @@
 //! - `reversed_minor + pending reversal ≤ transferred_minor`, always.
 //! - `attempt` (the Stripe idempotency key's counter, see
 //!   [`TransferState::idempotency_key`]) moves only on a retry after a
-//!   *definitive* error, so a timeout, 5xx, 409 or 429 reuses the same key.
+//!   *definitive* error or once a read of Stripe proved the attempt made
+//!   nothing (`TransferAttemptAbsent`); a 409 or 429 reuses the key, and a
+//!   5xx, timeout or dropped connection makes the transfer `indeterminate`
+//!   until such a read.
 //! - Backoff is `min(base * 2^retry_count, max)`, saturating, computed from the
 //!   command's `now`.
 
@@ -800,8 +803,10 @@ impl Decider for SellerTransfer {
                     }
                     Ok(events)
                 }
-                // That attempt's absence is already recorded.
+                // That attempt's absence is already recorded, or another
+                // process found the payout meanwhile.
                 _ if *attempt < t.attempt => Ok(vec![]),
+                _ if t.stripe_transfer_id.is_some() => Ok(vec![]),
                 _ => Err(invalid()),
             },
 
@@ -1115,9 +1120,17 @@ impl Decider for SellerTransfer {
                             at: *now,
                         }])
                     }
-                    (TransferStatus::ReversalPending, Some(p)) if p.attempt > *attempt => {
-                        Ok(vec![])
-                    }
+                    // Moved on meanwhile: a later attempt, or answered.
+                    (
+                        TransferStatus::ReversalPending | TransferStatus::ReversalIndeterminate,
+                        Some(p),
+                    ) if p.attempt > *attempt => Ok(vec![]),
+                    (
+                        TransferStatus::Reversed
+                        | TransferStatus::PartiallyReversed
+                        | TransferStatus::ReversalFailed,
+                        None,
+                    ) => Ok(vec![]),
                     _ => Err(invalid()),
                 }
             }

@@ -151,7 +151,22 @@ async fn a_create_that_did_nothing_is_proven_absent_then_paid_once(kind: Kind) {
         "indeterminate"
     );
 
-    // The same key again, once Stripe answers: absent, attempt 2.
+    // Stripe answers now, but the lost answer is seconds old: finding
+    // nothing proves nothing yet (the call may still be running there).
+    let r = app.send(retry(key.clone())).await;
+    r.assert_error(503, "unavailable");
+    assert!(
+        r.text().contains("absence is provable from"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        the_transfer(&app, &order_id).await["status"],
+        "indeterminate"
+    );
+
+    // The same key again, a minute later: absent, attempt 2.
+    app.advance(Duration::from_secs(60));
     let r = app.send(retry(key)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let answer = r.json();

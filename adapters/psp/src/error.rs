@@ -1,10 +1,11 @@
 //! The one error type of both PSP clients.
 //!
 //! **Guarantees:**
-//! - [`PspError::is_transient`] is the single place that decides whether a
-//!   failed call may have an unknown outcome and must be retried with the
-//!   *same* id or Idempotency-Key (timeouts, connect errors, 5xx, 409, 429,
-//!   Hyperswitch `HE_00`, unreadable 2xx bodies), or is a definitive answer.
+//! - [`PspError::create_outcome`] is the one place that decides what a
+//!   failed create means for its object (retry the same key, read first,
+//!   refused, unreadable, needs an operator); [`PspError::is_transient`]
+//!   says whether a *read* may succeed later. An unreadable 2xx body is
+//!   neither: retrying would read the same thing.
 //! - `NotFound` is only returned for a PSP-shaped "no such object" answer, so
 //!   a misconfigured base URL (a bare 404) is never read as "object missing".
 //! - No variant holds request headers, so no message can contain an API key;
@@ -161,10 +162,12 @@ impl PspError {
             PspError::Connect { .. } => CreateOutcome::RetrySameKey { after: None },
             PspError::Timeout { .. } | PspError::Transport { .. } => CreateOutcome::Unknown,
             PspError::Decode { .. } => CreateOutcome::Unreadable,
-            PspError::Unauthorized { .. } | PspError::Config(_) => CreateOutcome::NeedsOperator,
-            PspError::NotFound { .. }
-            | PspError::ExistsWithDifferentParameters { .. }
-            | PspError::InvalidRequest { .. } => CreateOutcome::Refused,
+            // The object exists with other parameters: not a refusal, a
+            // broken invariant an operator must look at.
+            PspError::Unauthorized { .. }
+            | PspError::Config(_)
+            | PspError::ExistsWithDifferentParameters { .. } => CreateOutcome::NeedsOperator,
+            PspError::NotFound { .. } | PspError::InvalidRequest { .. } => CreateOutcome::Refused,
             PspError::Api {
                 status,
                 error_type,

@@ -172,7 +172,7 @@ impl ErrorBody {
     }
 }
 
-/// Decodes a 2xx body; an unreadable one is a transient `Decode` error.
+/// Decodes a 2xx body; an unreadable one is a `Decode` error (not transient: the same body would be read again).
 pub(crate) fn decode<T: DeserializeOwned>(
     op: &'static str,
     answer: &Answer,

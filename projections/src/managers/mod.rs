@@ -107,6 +107,10 @@ pub enum ManagerError {
     ReadModel(String),
     #[error("{0} does not exist")]
     NotFound(String),
+    /// A read of the provider found nothing, but too soon after the lost
+    /// answer to prove absence (the call may still be running there).
+    #[error("{stream}: {reason}")]
+    TooEarly { stream: String, reason: String },
 }
 
 impl ManagerError {
@@ -116,7 +120,7 @@ impl ManagerError {
             ManagerError::Store(e) => e.is_transient(),
             ManagerError::Psp(e) => e.is_transient(),
             ManagerError::ReadModel(_) => true,
-            ManagerError::Stream { .. } => true,
+            ManagerError::Stream { .. } | ManagerError::TooEarly { .. } => true,
             ManagerError::Rejected { .. }
             | ManagerError::NotFound(_)
             | ManagerError::FeedStalled { .. } => false,

@@ -54,7 +54,25 @@ pub(crate) async fn step(
                 return Ok(Step::Done);
             }
             Err(e) if e.is_not_found() => {}
-            Err(e) => return failed(ctx, &order, item, now, e).await,
+            // A failed read decides nothing: never a refusal of the create.
+            Err(e) => {
+                let due_at = ctx.due_after(
+                    now,
+                    item.attempts,
+                    CreateOutcome::RetrySameKey {
+                        after: e.retry_after(),
+                    },
+                );
+                tracing::warn!(
+                    stream_id = %stream, payment_id = %payment_id, attempts = item.attempts,
+                    retry_at = %due_at, error = %e,
+                    "payment: reading Hyperswitch before creating again failed; nothing sent, read again later"
+                );
+                return Ok(Step::Later {
+                    due_at,
+                    error: Some(e.to_string()),
+                });
+            }
         }
     }
     match initiate(ctx, &order, now).await {

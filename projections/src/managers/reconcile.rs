@@ -268,7 +268,7 @@ impl Reconciler {
         };
         let (found, what) = match outcome {
             Ok(o) => o,
-            Err(ManagerError::Psp(e)) => {
+            Err(e @ (ManagerError::Psp(_) | ManagerError::TooEarly { .. })) => {
                 tracing::warn!(
                     stream_id = %stream, from_status = %t.status, stuck_for = %stuck_for,
                     error = %e, "reconcile transfer: reading Stripe failed; row left for the next tick"

@@ -147,6 +147,19 @@ pub(crate) async fn step_refund(
                 Ok(view)
             }
             Err(e) if e.is_not_found() => create_refund(ctx, &r, &psp_refund_id).await,
+            Err(e) if !e.is_transient() && e.create_outcome() != CreateOutcome::Unreadable => {
+                // A failed read decides nothing: never a refusal of the create.
+                let due_at = ctx.due_after(now, item.attempts, CreateOutcome::NeedsOperator);
+                tracing::warn!(
+                    stream_id = %stream, hyperswitch_refund_id = %psp_refund_id,
+                    attempts = item.attempts, retry_at = %due_at, error = %e,
+                    "refund: reading Hyperswitch before creating again failed; nothing sent, read again later"
+                );
+                return Ok(Step::Later {
+                    due_at,
+                    error: Some(e.to_string()),
+                });
+            }
             Err(e) => Err(e),
         }
     } else {

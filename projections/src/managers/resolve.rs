@@ -205,6 +205,27 @@ pub(crate) async fn read_reversals(
     Ok(found)
 }
 
+/// A read that finds nothing proves absence only once the lost answer is
+/// [`INDETERMINATE_READ_DELAY`] old: before that the call may still be
+/// running at the provider.
+pub(crate) fn absence_provable(
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+    stream: &ledger_core::ids::StreamId,
+) -> Result<(), ManagerError> {
+    let ready = super::after(since, INDETERMINATE_READ_DELAY);
+    if now >= ready {
+        return Ok(());
+    }
+    Err(ManagerError::TooEarly {
+        stream: stream.to_string(),
+        reason: format!(
+            "Stripe lists nothing yet, but the lost answer is younger than {}s and the call may still be running there; absence is provable from {ready}",
+            INDETERMINATE_READ_DELAY.as_secs()
+        ),
+    })
+}
+
 /// The key is old enough that Stripe may have forgotten it.
 pub(crate) fn key_may_be_gone(since: DateTime<Utc>, now: DateTime<Utc>) -> bool {
     now - since >= KEY_TRUSTED_FOR

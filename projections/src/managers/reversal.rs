@@ -34,8 +34,8 @@ use ledger_store::work::WorkItem;
 use uuid::Uuid;
 
 use super::resolve::{
-    INDETERMINATE_READ_DELAY, key_may_be_gone, read_reversals, record_anomaly, recorded,
-    reversal_metadata,
+    INDETERMINATE_READ_DELAY, absence_provable, key_may_be_gone, read_reversals, record_anomaly,
+    recorded, reversal_metadata,
 };
 use super::worker::{Step, stream_of};
 use super::{Actor, Ctx, ManagerError, human_duration};
@@ -95,6 +95,7 @@ pub(crate) async fn resolve(
     };
     let mut found: Vec<_> = found.into_iter().filter(|r| !recorded(t, &r.id)).collect();
     if found.is_empty() {
+        absence_provable(t.status_since, now, &stream)?;
         ctx.run::<SellerTransfer>(
             &stream,
             &format!(
@@ -204,6 +205,12 @@ pub(crate) async fn step(
                 }
             }
             Ok(_) => return Ok(Step::Done),
+            Err(ManagerError::TooEarly { .. }) => {
+                return Ok(Step::Later {
+                    due_at: super::after(t.status_since, INDETERMINATE_READ_DELAY),
+                    error: None,
+                });
+            }
             Err(ManagerError::Psp(e)) => {
                 let due_at = ctx.work_retry_at(now, item.attempts);
                 tracing::warn!(
@@ -400,7 +407,10 @@ pub(crate) async fn step(
             }
             let transient = matches!(outcome, CreateOutcome::RetrySameKey { .. });
             let what = if transient {
-                format!("transient:{}", t.reversal_retry_count)
+                format!(
+                    "attempt:{}:transient:{}",
+                    pending.attempt, t.reversal_retry_count
+                )
             } else {
                 "refused".to_owned()
             };

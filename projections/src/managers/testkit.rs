@@ -1599,6 +1599,18 @@ pub mod scenarios {
             .inject_fault(Endpoint::CreateTransfer, Fault::Status(500), 1);
         let lost = h.paid_order("op-absent", &ONE_LINE).await;
         let id = h.transfer(lost, "seller-a").await.transfer_id;
+        // At once, a read that finds nothing proves nothing: the call may
+        // still be running at Stripe.
+        let early = h.managers.retry_transfer_now(id, h.now()).await;
+        assert!(
+            matches!(early, Err(ManagerError::TooEarly { .. })),
+            "{early:?}"
+        );
+        assert_eq!(
+            h.transfer_by_id(id).await.status,
+            TransferStatus::Indeterminate
+        );
+        h.advance(MINUTE);
         let retried = h
             .managers
             .retry_transfer_now(id, h.now())

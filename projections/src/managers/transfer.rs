@@ -3,8 +3,9 @@
 //! ones that failed definitively once their backoff is over.
 //!
 //! `attempt` is the core's: it moves only when a retry follows a
-//! *definitive* failure, so a timeout or 5xx retried here reuses the key and
-//! Stripe answers with the transfer it already made.
+//! *definitive* failure or a read proved the last attempt made nothing. A
+//! timeout or 5xx is never retried blind: the transfer is `indeterminate`
+//! until a read of Stripe (see `resolve.rs`).
 
 use chrono::{DateTime, Utc};
 use ledger_core::Amount;
@@ -19,8 +20,8 @@ use ledger_store::work::{WorkItem, WorkOrder};
 use serde::Serialize;
 
 use super::resolve::{
-    INDETERMINATE_READ_DELAY, KEY_TRUSTED_FOR, PayoutRead, key_may_be_gone, payout_metadata,
-    payout_mismatch, read_payout, record_anomaly, transfer_group,
+    INDETERMINATE_READ_DELAY, KEY_TRUSTED_FOR, PayoutRead, absence_provable, key_may_be_gone,
+    payout_metadata, payout_mismatch, read_payout, record_anomaly, transfer_group,
 };
 use super::worker::{Step, WorkerKind, stream_of};
 use super::{Actor, Ctx, ManagerError, human_duration};
@@ -179,6 +180,7 @@ pub(crate) async fn resolve(
             Ok(Resolved::Anomaly(TransferAnomalyKind::UnreadableAnswer))
         }
         Ok(PayoutRead::Absent) => {
+            absence_provable(t.status_since, now, &stream)?;
             let handled = ctx
                 .run::<SellerTransfer>(
                     &stream,
@@ -287,6 +289,10 @@ async fn resolve_and_pay(
             Ok(Step::Done)
         }
         Ok(Resolved::Anomaly(_) | Resolved::NotIndeterminate) => Ok(Step::Done),
+        Err(ManagerError::TooEarly { .. }) => Ok(Step::Later {
+            due_at: super::after(t.status_since, INDETERMINATE_READ_DELAY),
+            error: None,
+        }),
         Err(ManagerError::Psp(e)) => {
             let due_at = ctx.work_retry_at(now, item.attempts);
             tracing::warn!(
@@ -315,7 +321,10 @@ async fn pay(
     let actor = Actor::worker(kind.name());
     // Stripe may have forgotten a key this old: look for the payout first,
     // so a forgotten key can never make a second transfer.
-    if key_may_be_gone(t.status_since, now) {
+    // A key used before without a definitive answer (a stream written
+    // before outcomes could be indeterminate) may have made the payout.
+    let key_used_unanswered = t.retry_count > 0 && !t.last_failure_definitive;
+    if key_may_be_gone(t.status_since, now) || key_used_unanswered {
         match read_payout(&*ctx.payouts, t).await {
             Ok(PayoutRead::Absent) => {}
             Ok(PayoutRead::Found { .. }) => {
