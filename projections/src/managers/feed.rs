@@ -76,6 +76,8 @@ impl FeedKind {
                 "TransferFailed",
                 "TransferRetried",
                 "TransferCompleted",
+                "TransferOutcomeUnknown",
+                "TransferAttemptAbsent",
             ],
             FeedKind::Refunds => &[
                 "RefundRequested",
@@ -86,6 +88,8 @@ impl FeedKind {
             FeedKind::Reversals => &[
                 "TransferReversalRequested",
                 "TransferReversalRetryScheduled",
+                "TransferReversalOutcomeUnknown",
+                "TransferReversalAttemptAbsent",
             ],
         };
         types.contains(&event_type)
@@ -160,8 +164,31 @@ impl WorkFeed {
             AnyEvent::Transfer(TransferEvent::TransferFailed { next_retry_at, .. }) => {
                 vec![order(WorkerKind::TransferRetry, here, *next_retry_at)]
             }
-            AnyEvent::Transfer(TransferEvent::TransferRetried { .. }) => {
+            // Back to `pending` under a new key (a read proved the last
+            // attempt made nothing), whoever recorded it: pay it.
+            AnyEvent::Transfer(
+                TransferEvent::TransferRetried { .. } | TransferEvent::TransferAttemptAbsent { .. },
+            ) => {
                 vec![order(WorkerKind::Transfer, here, now)]
+            }
+            // A lost answer is read once it is old enough, even if the
+            // process that recorded it died before rescheduling its row.
+            AnyEvent::Transfer(TransferEvent::TransferOutcomeUnknown { at, .. }) => {
+                vec![order(
+                    WorkerKind::Transfer,
+                    here,
+                    super::after(*at, super::resolve::INDETERMINATE_READ_DELAY),
+                )]
+            }
+            AnyEvent::Transfer(TransferEvent::TransferReversalOutcomeUnknown { at, .. }) => {
+                vec![order(
+                    WorkerKind::Reversal,
+                    here,
+                    super::after(*at, super::resolve::INDETERMINATE_READ_DELAY),
+                )]
+            }
+            AnyEvent::Transfer(TransferEvent::TransferReversalAttemptAbsent { .. }) => {
+                vec![order(WorkerKind::Reversal, here, now)]
             }
             AnyEvent::Transfer(TransferEvent::TransferCompleted {
                 amount, amount_due, ..
