@@ -662,12 +662,7 @@ pub async fn retry_transfer(
     LimitedBody(body): LimitedBody<COMMAND_BODY_MAX>,
 ) -> Result<Response, ApiError> {
     let key = idempotency::key_of(&headers)?;
-    let transfer_id = Uuid::parse_str(&id).map(TransferId).map_err(|_| {
-        ApiError::not_found(
-            "transfer_not_found",
-            format!("no transfer {id:?}; transfer ids are UUIDs"),
-        )
-    })?;
+    let transfer_id = transfer_id_of(&id)?;
     let ops = admin_ops(&state)?;
     let scope = format!(
         "{}:POST /v1/admin/transfers/{{id}}/retry:{id}",
@@ -678,6 +673,16 @@ pub async fn retry_transfer(
         JsonReply::new(StatusCode::OK, &value)
     })
     .await)
+}
+
+/// A transfer id from the path; anything but a UUID names no transfer.
+fn transfer_id_of(id: &str) -> Result<TransferId, ApiError> {
+    Uuid::parse_str(id).map(TransferId).map_err(|_| {
+        ApiError::not_found(
+            "transfer_not_found",
+            format!("no transfer {id:?}; transfer ids are UUIDs"),
+        )
+    })
 }
 
 /// `POST /v1/admin/transfers/{id}/anomalies/resolve` body.
@@ -761,12 +766,7 @@ pub async fn resolve_anomaly(
     LimitedBody(body): LimitedBody<COMMAND_BODY_MAX>,
 ) -> Result<Response, ApiError> {
     let key = idempotency::key_of(&headers)?;
-    let transfer_id = Uuid::parse_str(&id).map(TransferId).map_err(|_| {
-        ApiError::not_found(
-            "transfer_not_found",
-            format!("no transfer {id:?}; transfer ids are UUIDs"),
-        )
-    })?;
+    let transfer_id = transfer_id_of(&id)?;
     let request: ResolveAnomalyRequest = parse_json(&body)?;
     let note = request.note.trim().to_owned();
     if note.is_empty() || note.chars().count() > ANOMALY_NOTE_MAX {
